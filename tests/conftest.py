@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny Stable Diffusion and SDXL pipelines built from configs.
+
+Random weights at toy size, the way diffusers' own tests build
+``get_dummy_components()``: real classes, real code paths, seconds on a CPU.
+They are saved as diffusers folders so the engine loads them the way it loads
+a user's model.
+"""
+
+import os
+
+# Before anything imports huggingface_hub or gradio.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest
+
+
+def pytest_configure(config):
+    # Faster on two shared cores, and pixels depend on the thread count.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _tiny_sdxl():
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipelines.embedded import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        # six size/crop numbers x 8, plus the second encoder's pooled 32
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,  # both encoders' hidden states side by side
+        norm_num_groups=1,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=128,
+    )
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=32,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(config)
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(config)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=make_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A tiny SD1.5-architecture diffusers folder (the embedded model's layout)."""
+    from pipelines.embedded import build_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    build_pipeline(seed=1).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    """A tiny SDXL-architecture diffusers folder (two text encoders)."""
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    _tiny_sdxl().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """Where the embedded model is written once for the whole session."""
+    return tmp_path_factory.mktemp("models")
