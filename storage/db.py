@@ -1,0 +1,47 @@
+"""Engine construction and schema migration; the only place that knows Alembic's API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for any SQLAlchemy URL; SQLite connections get the pragmas below."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite leaves foreign keys off per connection, so ON DELETE CASCADE/SET NULL
+    # would silently do nothing. WAL lets the gallery be read while a generation
+    # lands; busy_timeout makes a second writer wait instead of failing at once;
+    # synchronous=NORMAL is durable enough under WAL (a power cut may lose the
+    # last commit, never corrupt the file).
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def upgrade(engine: Engine) -> None:
+    """Migrate the database to the newest revision; a no-op when it is already there."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # Alembic's cookbook way to share a connection: env.py picks it up from
+    # attributes, so no alembic.ini and no second engine are needed.
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,130 @@
+"""ORM models. The schema itself is owned by migrations/; these must match it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ROLES = ("output", "input", "mask", "control")
+STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on every backend.
+
+    SQLite stores no offset and hands back naive values; PostgreSQL hands back
+    the session's zone. Without this, a record read back would not equal the one
+    that was written.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("Timestamps must be timezone-aware.")
+        return None if value is None else value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """SQL for a CHECK that a column holds one of a few fixed words."""
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    # Named constraints let later SQLite batch migrations find and alter them.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UtcDateTime}
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    __table_args__ = (CheckConstraint(one_of("status", STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    task: Mapped[str] = mapped_column(String(32), index=True)
+    model: Mapped[str] = mapped_column(String(512), index=True)
+    model_revision: Mapped[str | None] = mapped_column(String(255))
+    # The full request as the pipelines serialised it; a rerun is rebuilt from this alone.
+    params: Mapped[dict[str, Any]]
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text)
+    # Seeds reach 2**32 - 1, past a signed 32-bit INTEGER on PostgreSQL.
+    seed: Mapped[int] = mapped_column(BigInteger)
+    sampler: Mapped[str] = mapped_column(String(64))
+    num_inference_steps: Mapped[int]
+    guidance_scale: Mapped[float] = mapped_column(Float)
+    width: Mapped[int]
+    height: Mapped[int]
+    batch_size: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None]
+    timings: Mapped[dict[str, Any]]
+    environment: Mapped[dict[str, Any]]
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"), index=True)
+
+    images: Mapped[list[Image]] = relationship(
+        back_populates="generation",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint(one_of("role", ROLES), name="role"),
+        UniqueConstraint("generation_id", "role", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int]
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(255))
+    width: Mapped[int]
+    height: Mapped[int]
+    thumb_path: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    generation: Mapped[Generation] = relationship(back_populates="images")

@@ -1,0 +1,91 @@
+"""What the gallery takes in and hands out: plain frozen values, never ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from PIL import Image
+
+
+class StorageError(ValueError):
+    """A request the gallery cannot honour; the message is one sentence a person can act on."""
+
+
+class RecordNotFound(StorageError, LookupError):
+    """The id names no record."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewGeneration:
+    """The indexed columns are copies of fields in `params`, kept so people can filter on them."""
+
+    user: str
+    task: str
+    model: str
+    params: dict[str, Any]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    sampler: str
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    batch_size: int
+    model_revision: str | None = None
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    role: str  # output | input | mask | control
+    image: Image.Image
+    seed: int | None = None  # outputs: the seed that made this image
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    generation_id: int
+    role: str
+    position: int
+    seed: int | None
+    sha256: str
+    path: str  # relative to the data folder, '/'-separated
+    width: int
+    height: int
+    thumb_path: str  # relative to the data folder, '/'-separated
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    id: int
+    created_at: datetime
+    finished_at: datetime | None
+    user: str
+    task: str
+    model: str
+    model_revision: str | None
+    params: dict[str, Any]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    sampler: str
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    batch_size: int
+    status: str
+    error: str | None
+    duration_ms: int | None
+    timings: dict[str, Any]
+    environment: dict[str, Any]
+    parent_id: int | None
+    images: tuple[ImageRecord, ...]
+
+    @property
+    def outputs(self) -> tuple[ImageRecord, ...]:
+        return tuple(sorted((i for i in self.images if i.role == "output"), key=lambda i: i.position))

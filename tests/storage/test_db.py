@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import make_engine, upgrade
+from storage.models import Base
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path}/gallery.db")
+    yield engine
+    engine.dispose()
+
+
+def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
+    upgrade(engine)
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() == "0001"
+        assert set(inspect(connection).get_table_names()) == {"alembic_version", "generations", "images"}
+
+
+def test_upgrade_twice_is_harmless(engine: Engine) -> None:
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text(_INSERT_GENERATION))
+
+    upgrade(engine)
+
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM generations")) == 1
+        assert MigrationContext.configure(connection).get_current_revision() == "0001"
+
+
+def test_every_sqlite_connection_gets_the_pragmas(engine: Engine) -> None:
+    for _ in range(2):  # a fresh connection each time, not a pooled one
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        engine.dispose()
+
+
+def test_foreign_keys_cascade_and_set_null(engine: Engine) -> None:
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text(_INSERT_GENERATION))
+        parent = connection.scalar(text("SELECT max(id) FROM generations"))
+        connection.execute(text(_INSERT_GENERATION.replace("NULL)", f"{parent})")))
+        child = connection.scalar(text("SELECT max(id) FROM generations"))
+        connection.execute(text(_INSERT_IMAGE), {"generation_id": parent})
+
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(_INSERT_IMAGE), {"generation_id": 999})
+
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM generations WHERE id = :id"), {"id": parent})
+        assert connection.scalar(text("SELECT count(*) FROM images")) == 0
+        assert connection.scalar(text("SELECT parent_id FROM generations WHERE id = :id"), {"id": child}) is None
+
+
+def test_check_constraints_reject_unknown_words(engine: Engine) -> None:
+    upgrade(engine)
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(_INSERT_GENERATION.replace("'running'", "'done'")))
+
+
+_INSERT_GENERATION = """
+INSERT INTO generations (created_at, user, task, model, params, prompt, negative_prompt, seed,
+    sampler, num_inference_steps, guidance_scale, width, height, batch_size, status, timings,
+    environment, parent_id)
+VALUES ('2025-01-01 00:00:00', 'ann', 'txt2img', 'embedded', '{}', 'p', '', 4294967295,
+    'Euler a', 20, 7.0, 64, 64, 1, 'running', '{}', '{}', NULL)
+"""
+
+_INSERT_IMAGE = """
+INSERT INTO images (generation_id, role, position, seed, sha256, path, width, height, thumb_path, created_at)
+VALUES (:generation_id, 'output', 0, 1, 'ab', 'images/ab/ab.png', 64, 64, 'thumbs/ab/ab.webp', '2025-01-01 00:00:00')
+"""
