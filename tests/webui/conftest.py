@@ -1,0 +1,39 @@
+import socket
+
+import pytest
+
+from webui.settings import Settings
+from webui.studio import Studio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def settings(tmp_path, models_dir):
+    return Settings(data_dir=tmp_path / "data", models_path=models_dir, user="ada", port=free_port())
+
+
+@pytest.fixture
+def studio(settings):
+    studio = Studio.from_settings(settings)
+    yield studio
+    studio.close()
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, models_dir):
+    """The real app on a free port, with its own scratch gallery."""
+    from webui.app import launch
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("served"), models_path=models_dir, user="ada", port=free_port()
+    )
+    studio = Studio.from_settings(settings)
+    app = launch(studio, prevent_thread_lock=True, quiet=True)
+    yield studio, f"http://127.0.0.1:{settings.port}/"
+    app.close()
+    studio.close()

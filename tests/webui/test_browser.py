@@ -1,0 +1,46 @@
+"""A real browser (Debian's Chromium driven by Playwright) using the studio."""
+
+import shutil
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def page():
+    executable = shutil.which("chromium")
+    assert executable, "Chromium is missing: `make test` installs Debian's chromium package."
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        yield page
+        browser.close()
+
+
+def test_type_a_prompt_generate_and_find_it_in_the_gallery(launched, page):
+    studio, url = launched
+    page.goto(url)
+    page.get_by_label("Prompt", exact=True).fill("a purple triangle on a white background")
+    page.get_by_label("Seed (-1: random)").fill("4242")
+    page.get_by_role("button", name="Generate").click()
+
+    # The image appears and the summary names the new record.
+    expect(page.get_by_text("Record #")).to_be_visible(timeout=60_000)
+    expect(page.locator("img[src*='.png']").first).to_be_visible()
+    [record] = [r for r in studio.gallery.list() if r.seed == 4242]
+    assert record.prompt == "a purple triangle on a white background"
+    expect(page.get_by_text(f"Record #{record.id}")).to_be_visible()
+
+    # The gallery tab lists it, newest first, without a manual refresh.
+    page.get_by_role("tab", name="Gallery").click()
+    expect(page.get_by_text(f"#{record.id} · a purple triangle").first).to_be_attached(timeout=10_000)

@@ -1,0 +1,58 @@
+"""The `atelier` command, as a script or a user runs it."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from webui.cli import main
+
+
+def test_generate_then_rerun_reports_identical(tmp_path, models_dir):
+    """The installed console script, end to end, in a scratch gallery."""
+    env = {**os.environ, "ATELIER_MODELS_PATH": str(models_dir)}
+    atelier = Path(sys.executable).with_name("atelier")
+    data = ["--data", str(tmp_path / "gallery")]
+    made = subprocess.run(
+        [str(atelier), "generate", "--prompt", "a blue square", "--seed", "9", "--steps", "3", "--json", *data],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    generated = json.loads(made.stdout)
+    [image] = generated["images"]
+    assert image["seed"] == 9
+    assert hashlib.sha256(Path(image["path"]).read_bytes()).hexdigest() == image["sha256"]
+
+    again = subprocess.run(
+        [str(atelier), "rerun", str(generated["id"]), "--json", *data],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    rerun = json.loads(again.stdout)
+    assert rerun["parent_id"] == generated["id"]
+    assert rerun["identical"] is True
+    assert rerun["images"][0]["sha256"] == image["sha256"]
+
+
+def test_gallery_list_shows_what_generate_made(tmp_path, models_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ATELIER_MODELS_PATH", str(models_dir))
+    data = ["--data", str(tmp_path)]
+    assert main(["generate", "--prompt", "a green triangle", "--seed", "1", "--steps", "2", "--batch-size", "2", "--json", *data]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert [i["seed"] for i in made["images"]] == [1, 2]
+    assert main(["gallery", "list", "--json", *data]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["id"] == made["id"] and listed["prompt"] == "a green triangle"
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, models_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ATELIER_MODELS_PATH", str(models_dir))
+    assert main(["generate", "--prompt", "x", "--width", "100", "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "atelier: width must be a multiple of 8 from 64 to 2048; got 100.\n"
+    assert not (tmp_path / "gallery.db").exists()
+
+
+def test_rerun_of_a_missing_record_says_so(tmp_path, models_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ATELIER_MODELS_PATH", str(models_dir))
+    assert main(["rerun", "42", "--data", str(tmp_path)]) == 2
+    assert "42" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""Settings: read once at start-up from the environment (and ``.env``), then passed in.
+
+Every name is ``ATELIER_<FIELD>``; the process environment wins over ``.env``.
+Nothing else in the project reads the environment for configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting with a value that cannot work; the message names it."""
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SettingsError(f"{path}:{number} must look like NAME=value; got {line!r}.")
+        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _default_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        return "studio"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: Path = Path("data")
+    database_url: str = ""  # empty: SQLite in the data folder
+    model: str = "embedded"
+    models_path: Path | None = None  # empty: <data_dir>/models
+    host: str = "127.0.0.1"
+    port: int = 7860
+    device: str = ""  # empty: CUDA, then Apple MPS, then CPU
+    dtype: str = ""  # empty: float16 on GPUs, float32 on the CPU
+    user: str = dataclasses.field(default_factory=_default_user)
+    text_cache_size: int = 64
+    gpu_workers: int = 1  # concurrent generations; one per GPU
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"ATELIER_PORT must be from 1 to 65535; got {self.port}.")
+        if self.gpu_workers < 1:
+            raise SettingsError(f"ATELIER_GPU_WORKERS must be at least 1; got {self.gpu_workers}.")
+
+    @property
+    def gallery_url(self) -> str:
+        """The database URL: the setting, or SQLite inside the data folder."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'gallery.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built-in models are written (the embedded one); shareable between galleries."""
+        return Path(self.models_path).expanduser() if self.models_path else self.data_dir / "models"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")) -> Settings:
+        values = _read_env_file(env_file) if env_file else {}
+        values.update(os.environ if environ is None else environ)
+        fields: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = values.get(f"ATELIER_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if field.type in ("int", int):
+                try:
+                    fields[field.name] = int(raw)
+                except ValueError:
+                    raise SettingsError(f"ATELIER_{field.name.upper()} must be a whole number; got {raw!r}.") from None
+            else:
+                fields[field.name] = raw
+        return cls(**fields)
+
+    def replace(self, **changes: object) -> Settings:
+        """These settings with command-line overrides; ``None`` keeps a value."""
+        changes = {name: value for name, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **changes)
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Size, steps, guidance and sampler a model is meant to run at."""
+    if model == "embedded":
+        from pipelines.embedded import DEFAULTS
+
+        return dict(DEFAULTS)
+    return {"width": 512, "height": 512, "num_inference_steps": 25, "guidance_scale": 7.0, "sampler": "DPM++ 2M", "prompt": ""}

@@ -1,0 +1,1 @@
+"""One module per tab; each builds its layout and wires its events."""

@@ -1,0 +1,121 @@
+"""The Text-to-image tab: prompt in, images out, every one kept in the gallery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from pipelines.requests import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    RequestError,
+    Text2ImgRequest,
+    random_seed,
+)
+from pipelines.samplers import SAMPLER_NAMES
+from webui.jobs import Jobs
+from webui.settings import model_defaults
+
+
+def record_summary(record, *, seconds: float | None = None) -> str:
+    seeds = ", ".join(str(image.seed) for image in record.outputs)
+    took = f" · {seconds:.2f} s" if seconds is not None else ""
+    return f"**Record #{record.id}** · {record.status} · seed {seeds}{took}"
+
+
+def record_details(record, gallery) -> dict[str, Any]:
+    """What API clients read back: the record id and each image's hash and seed."""
+    return {
+        "id": record.id,
+        "status": record.status,
+        "params": record.params,
+        "images": [{"sha256": i.sha256, "seed": i.seed, "file": i.path} for i in record.outputs],
+    }
+
+
+def build(jobs: Jobs) -> dict[str, gr.components.Component]:
+    studio = jobs.studio
+    defaults = model_defaults(studio.settings.model)
+
+    # -- functions --------------------------------------------------------
+
+    def generate(prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
+                 request: gr.Request, progress=gr.Progress()):
+        try:
+            seed = int(seed)
+            text2img = Text2ImgRequest(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                sampler=sampler,
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance_scale),
+                width=int(width),
+                height=int(height),
+                seed=random_seed() if seed == -1 else seed,
+                batch_size=int(batch_size),
+                model=studio.settings.model,
+            )
+        except (RequestError, ValueError, TypeError) as error:
+            raise gr.Error(str(error)) from None
+        progress((0, text2img.num_inference_steps), desc="Denoising", unit="steps")
+        record = jobs.submit(
+            text2img,
+            request=request,
+            progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"),
+        )
+        if record.status == "cancelled":
+            gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
+            return [], f"**Record #{record.id}** · cancelled", record_details(record, studio.gallery), text2img.seed
+        paths = [str(studio.gallery.path(image.path)) for image in record.outputs]
+        seconds = record.timings.get("total_ms", 0) / 1000
+        return paths, record_summary(record, seconds=seconds), record_details(record, studio.gallery), text2img.seed
+
+    # -- layout -----------------------------------------------------------
+
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompt = gr.Textbox(label="Prompt", value=defaults.get("prompt", ""), lines=3,
+                                placeholder="a red circle on a blue background")
+            negative_prompt = gr.Textbox(label="Negative prompt", lines=2)
+            with gr.Row():
+                sampler = gr.Dropdown(SAMPLER_NAMES, value=defaults["sampler"], label="Sampler")
+                steps = gr.Slider(1, MAX_STEPS, value=defaults["num_inference_steps"], step=1, label="Steps")
+                guidance_scale = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale")
+            with gr.Row():
+                width = gr.Slider(MIN_SIZE, MAX_SIZE, value=defaults["width"], step=8, label="Width")
+                height = gr.Slider(MIN_SIZE, MAX_SIZE, value=defaults["height"], step=8, label="Height")
+                batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
+            with gr.Row():
+                seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
+                random_button = gr.Button("🎲 Random", size="sm")
+                reuse_button = gr.Button("♻️ Reuse last", size="sm")
+        with gr.Column(scale=5):
+            with gr.Row():
+                generate_button = gr.Button("Generate", variant="primary", scale=3)
+                cancel_button = gr.Button("Cancel", variant="stop", scale=1)
+            images = gr.Gallery(label="Images", format="png", columns=2, height=420, object_fit="contain")
+            summary = gr.Markdown()
+            with gr.Accordion("Details", open=False):
+                details = gr.JSON(label="Record")
+    last_seed = gr.State(None)
+
+    # -- events -----------------------------------------------------------
+
+    generated = gr.on(
+        [generate_button.click, prompt.submit],
+        generate,
+        inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size],
+        outputs=[images, summary, details, last_seed],
+        api_name="txt2img",
+        concurrency_id="gpu",
+        concurrency_limit=studio.settings.gpu_workers,
+    )
+    cancel_button.click(jobs.cancel, api_name="cancel", queue=False)
+    random_button.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
+    reuse_button.click(lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False,
+                       api_visibility="private")
+    return {"generated": generated, "images": images}
