@@ -11,12 +11,12 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 # Offline and private: the embedded model needs no hub.
 RUN_ENV := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: run test install install-test browser clean
+.PHONY: run test install install-test browser postgres clean
 
 run: $(VENV)/.installed
 	$(RUN_ENV) $(VENV)/bin/atelier serve
 
-test: $(VENV)/.installed-test browser
+test: $(VENV)/.installed-test browser postgres
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
@@ -44,6 +44,13 @@ browser:
 		echo "Installing Debian's chromium for the browser tests"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+# The storage tests start a throwaway PostgreSQL server of their own from its binaries.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "Installing Debian's postgresql for the storage tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q postgresql; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info

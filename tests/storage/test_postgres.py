@@ -1,13 +1,13 @@
 """The same gallery on PostgreSQL, the team-server backend.
 
-Opt-in, as it needs a server: set ATELIER_TEST_POSTGRES_URL, e.g.
+The server is the ``postgres_url`` fixture's: a throwaway cluster that the tests
+start themselves, or the one ATELIER_TEST_POSTGRES_URL names, e.g.
 postgresql+psycopg://user@127.0.0.1:5432/scratch. Each test works in a schema
 of its own that it drops afterwards, so the database's other contents are safe.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timezone
@@ -23,20 +23,16 @@ from storage import Gallery, ImageInput, NewGeneration, StorageError
 from storage.db import make_engine, upgrade
 from storage.models import Base
 
-BASE_URL = os.environ.get("ATELIER_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not BASE_URL, reason="set ATELIER_TEST_POSTGRES_URL to test PostgreSQL")
-
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    assert BASE_URL
+def url(postgres_url: str) -> Iterator[str]:
     schema = f"atelier_test_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(BASE_URL)
+    admin = make_engine(postgres_url)
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
         yield (
-            make_url(BASE_URL)
+            make_url(postgres_url)
             .update_query_dict({"options": f"-csearch_path={schema}"})
             .render_as_string(hide_password=False)
         )
