@@ -5,20 +5,26 @@ Knows nothing about torch, diffusers or Gradio (STYLE.md rule 1).
 
 from storage.gallery import Gallery
 from storage.records import (
+    BoardRecord,
     GenerationRecord,
     ImageInput,
     ImageRecord,
     NewGeneration,
+    NotAllowed,
+    Page,
     RecordNotFound,
     StorageError,
 )
 
 __all__ = [
+    "BoardRecord",
     "Gallery",
     "GenerationRecord",
     "ImageInput",
     "ImageRecord",
     "NewGeneration",
+    "NotAllowed",
+    "Page",
     "RecordNotFound",
     "StorageError",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -36,12 +36,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def upgrade(engine: Engine) -> None:
-    """Migrate the database to the newest revision; a no-op when it is already there."""
+def upgrade(engine: Engine, *, revision: str = "head") -> None:
+    """Migrate the database to `revision` (the newest by default); a no-op when it is already there."""
+    with engine.begin() as connection:
+        command.upgrade(_config(connection), revision)
+
+
+def downgrade(engine: Engine, *, revision: str) -> None:
+    """Migrate the database back to `revision`."""
+    with engine.begin() as connection:
+        command.downgrade(_config(connection), revision)
+
+
+def _config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     # Alembic's cookbook way to share a connection: env.py picks it up from
     # attributes, so no alembic.ini and no second engine are needed.
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    config.attributes["connection"] = connection
+    return config

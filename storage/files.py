@@ -12,10 +12,22 @@ the first, so the folder never holds a file without a row or a row without a
 file. Because names come from content, identical images share one file and a
 second write of a known sha256 writes nothing.
 
+Deleting works the other way round, with the same guarantee. `mark_for_removal`
+leaves a marker `pending/<sha>.unlink` for each file the deleted rows named,
+the caller commits the deletion, then `finish_removal` deletes the files no
+row names any more (content addressing means another record may share them)
+and the markers. A crash before the commit leaves markers whose files rows
+still name; a crash after it leaves markers whose files nothing names. Either
+way `recover` finishes the job from the markers alone, so no scan of the
+whole image folder is ever needed.
+
 Several processes may share a data folder (the server and a CLI `gallery
 list`, say). Writers hold a shared lock on `landing.lock` from staging to
 landing, and `recover` runs only under the exclusive lock, so it can never
-take a live writer's pending file for a dead one's. Where `fcntl` is missing
+take a live writer's pending file for a dead one's. Deleters hold the
+exclusive lock (waiting for it) from the markers to the last unlink, so no
+writer can find a file in place, commit a row for it, and then lose it to a
+deleter that had checked before that commit. Where `fcntl` is missing
 (Windows) there is no lock, and one process at a time should use a folder.
 """
 
@@ -41,7 +53,7 @@ except ImportError:  # Windows
 
 THUMB_MAX_SIDE = 256
 PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")  # what Pillow can write as PNG
-_PENDING_NAME = re.compile(r"^(?P<sha>[0-9a-f]{64})\.(?P<ext>png|webp)\.pending$")
+_PENDING_NAME = re.compile(r"^(?P<sha>[0-9a-f]{64})\.(?:(?P<ext>png|webp)\.pending|(?P<unlink>unlink))$")
 
 
 def image_path(sha256: str) -> str:
@@ -132,9 +144,37 @@ class FileStore:
         with self._lock(fcntl.LOCK_SH if fcntl else 0):
             yield
 
+    @contextmanager
+    def removing(self) -> Iterator[None]:
+        """Hold while marking, committing a deletion and removing its files; waits for writers to land."""
+        with self._lock(fcntl.LOCK_EX if fcntl else 0):
+            yield
+
+    def mark_for_removal(self, shas: Collection[str]) -> None:
+        """Durably note that rows naming these files are about to be deleted; call before the commit."""
+        for sha256 in shas:
+            (self.pending / f"{sha256}.unlink").touch()
+        if shas:
+            _fsync_dir(self.pending)
+
+    def finish_removal(self, shas: Collection[str], *, referenced: Collection[str]) -> int:
+        """Delete the files of `shas` that no row names (`referenced` are those some row does); return how many.
+
+        Call after the deletion is committed (or has failed: the files rows
+        still name are kept either way), under `removing`.
+        """
+        removed = 0
+        for sha256 in shas:
+            if sha256 not in referenced:
+                removed += self._remove(sha256)
+            (self.pending / f"{sha256}.unlink").unlink(missing_ok=True)
+        return removed
+
     def recover(self, *, committed: Callable[[set[str]], Collection[str]]) -> tuple[int, int] | None:
         """Land pending files whose sha256 `committed` confirms, delete the rest; return (landed, deleted).
 
+        Removal markers count as deleted; the files of a marker whose sha256
+        `committed` does not confirm are removed with it.
         Returns None, touching nothing, while another process is landing files.
         """
         try:
@@ -147,7 +187,12 @@ class FileStore:
                 keep = set(committed(shas)) if shas else set()
                 landed = deleted = 0
                 for path, match in names.items():
-                    if match and match["sha"] in keep:
+                    if match and match["unlink"]:
+                        if match["sha"] not in keep:
+                            self._remove(match["sha"])
+                        path.unlink(missing_ok=True)
+                        deleted += 1
+                    elif match and match["sha"] in keep:
                         sha256 = match["sha"]
                         relative = image_path(sha256) if match["ext"] == "png" else thumb_path(sha256)
                         _move_into_place(path, self.root / relative)
@@ -168,6 +213,16 @@ class FileStore:
         if resolved == root or not resolved.is_relative_to(root):
             raise ValueError(f"{relative!r} points outside the data folder.")
         return resolved
+
+    def _remove(self, sha256: str) -> int:
+        removed = 0
+        for relative in (image_path(sha256), thumb_path(sha256)):
+            try:
+                (self.root / relative).unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     @contextmanager
     def _lock(self, operation: int) -> Iterator[None]:

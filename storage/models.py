@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -24,6 +27,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("output", "input", "mask", "control")
 STATUSES = ("running", "succeeded", "failed", "cancelled")
+REVIEWS = ("none", "approved", "rejected")
+
+# Full-text search lives in objects the ORM cannot describe: an FTS5 virtual
+# table (and the shadow tables FTS5 keeps for it) on SQLite, a GIN expression
+# index on PostgreSQL. Migrations own them alone; `include_name` keeps
+# autogenerate and the schema comparison from proposing to drop them.
+SEARCH_TABLE = "generations_fts"
+SEARCH_INDEX = "ix_generations_search"
+_SEARCH_OBJECTS = frozenset(
+    {SEARCH_INDEX, SEARCH_TABLE, *(f"{SEARCH_TABLE}_{shadow}" for shadow in ("data", "idx", "docsize", "config"))}
+)
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic's `include_name` hook: False for the search objects the migrations own."""
+    return name not in _SEARCH_OBJECTS
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -73,7 +92,10 @@ class Base(DeclarativeBase):
 
 class Generation(Base):
     __tablename__ = "generations"
-    __table_args__ = (CheckConstraint(one_of("status", STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(one_of("status", STATUSES), name="status"),
+        CheckConstraint(one_of("review", REVIEWS), name="review"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -100,6 +122,12 @@ class Generation(Base):
     timings: Mapped[dict[str, Any]]
     environment: Mapped[dict[str, Any]]
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id", ondelete="SET NULL"), index=True)
+    # Review state (migration 0002). The server defaults fill rows older than it.
+    starred: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
+    review: Mapped[str] = mapped_column(String(16), default="none", server_default="none", index=True)
+    review_note: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
+    reviewed_at: Mapped[datetime | None]
 
     images: Mapped[list[Image]] = relationship(
         back_populates="generation",
@@ -128,3 +156,32 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     generation: Mapped[Generation] = relationship(back_populates="images")
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    # The primary key is the unique (generation, tag) pair; the index on tag
+    # also carries generation_id, so a tag filter never visits this table's rows.
+    __table_args__ = (Index("ix_tags_tag", "tag", "generation_id"),)
+
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Board(Base):
+    __tablename__ = "boards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BoardItem(Base):
+    __tablename__ = "board_items"
+
+    board_id: Mapped[int] = mapped_column(ForeignKey("boards.id", ondelete="CASCADE"), primary_key=True)
+    generation_id: Mapped[int] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)

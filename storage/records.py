@@ -14,7 +14,11 @@ class StorageError(ValueError):
 
 
 class RecordNotFound(StorageError, LookupError):
-    """The id names no record."""
+    """The id (or board name) names no record."""
+
+
+class NotAllowed(StorageError, PermissionError):
+    """The person asking may not do this to this record."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +89,31 @@ class GenerationRecord:
     environment: dict[str, Any]
     parent_id: int | None
     images: tuple[ImageRecord, ...]
+    starred: bool
+    review: str  # none | approved | rejected
+    review_note: str | None
+    reviewed_by: str | None  # who last set `review`
+    reviewed_at: datetime | None
+    tags: tuple[str, ...]  # sorted
+    boards: tuple[str, ...]  # names of the boards it is on, sorted
 
     @property
     def outputs(self) -> tuple[ImageRecord, ...]:
         return tuple(sorted((i for i in self.images if i.role == "output"), key=lambda i: i.position))
+
+
+@dataclass(frozen=True)
+class BoardRecord:
+    id: int
+    name: str
+    created_by: str
+    created_at: datetime
+    size: int  # generations on it
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of `Gallery.search`; pass `next_cursor` back as `cursor` for the next, until it is None."""
+
+    records: tuple[GenerationRecord, ...]
+    next_cursor: str | None

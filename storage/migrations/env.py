@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from storage.models import Base
+from storage.models import Base, include_name
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -14,6 +14,7 @@ context.configure(
     # SQLite cannot ALTER most things in place; batch mode copies the table instead.
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_name=include_name,
 )
 
 with context.begin_transaction():

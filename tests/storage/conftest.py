@@ -7,13 +7,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url, text
 
 from storage import Gallery, NewGeneration
+from storage.db import make_engine
 
 POSTGRES_URL_ENV = "ATELIER_TEST_POSTGRES_URL"
 
@@ -107,6 +110,40 @@ def postgres_url() -> Iterator[str]:
         if started:
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A URL whose tables live in a schema of this test's own, dropped afterwards."""
+    schema = f"atelier_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(postgres_url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield (
+            make_url(postgres_url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database on each backend the gallery supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/gallery.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def any_gallery(db_url: str, tmp_path: Path) -> Iterator[Gallery]:
+    """A gallery on SQLite, then (a second run of the test) on PostgreSQL."""
+    with Gallery(url=db_url, data_dir=tmp_path) as opened:
+        yield opened
 
 
 def _params(**overrides: Any) -> dict[str, Any]:

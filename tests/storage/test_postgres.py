@@ -3,13 +3,14 @@
 The server is the ``postgres_url`` fixture's: a throwaway cluster that the tests
 start themselves, or the one ATELIER_TEST_POSTGRES_URL names, e.g.
 postgresql+psycopg://user@127.0.0.1:5432/scratch. Each test works in a schema
-of its own that it drops afterwards, so the database's other contents are safe.
+of its own (conftest's ``pg_url``) that it drops afterwards, so the database's
+other contents are safe. The review, search and migration tests run here too,
+through conftest's ``any_gallery`` and ``db_url``.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
 
@@ -17,45 +18,26 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from PIL import Image
-from sqlalchemy import make_url, text
 
 from storage import Gallery, ImageInput, NewGeneration, StorageError
 from storage.db import make_engine, upgrade
-from storage.models import Base
+from storage.models import Base, include_name
 
 
-@pytest.fixture
-def url(postgres_url: str) -> Iterator[str]:
-    schema = f"atelier_test_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(postgres_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(postgres_url)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-def test_migration_matches_the_models(url: str) -> None:
-    engine = make_engine(url)
+def test_migration_matches_the_models(pg_url: str) -> None:
+    engine = make_engine(pg_url)
     try:
         upgrade(engine)
         upgrade(engine)
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
 
 
-def test_round_trip(url: str, tmp_path: Path, new_generation: Callable[..., NewGeneration]) -> None:
-    with Gallery(url=url, data_dir=tmp_path) as gallery:
+def test_round_trip(pg_url: str, tmp_path: Path, new_generation: Callable[..., NewGeneration]) -> None:
+    with Gallery(url=pg_url, data_dir=tmp_path) as gallery:
         started = gallery.start(new_generation(seed=2**32 - 1))
         finished = gallery.finish(
             started.id,
