@@ -37,7 +37,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from pipelines.embedded import ensure_embedded
+from pipelines import embedded
 from pipelines.requests import GenerationRequest
 from pipelines.samplers import make_scheduler
 
@@ -65,10 +65,12 @@ class ModelSource:
     location: str  # a path, or the hub id
 
 
-def resolve_source(model: str, *, models_dir: Path) -> ModelSource:
+def resolve_source(model: str) -> ModelSource:
     """Where ``model`` lives, without loading anything."""
     if model == EMBEDDED:
-        return ModelSource(model, "embedded", str(Path(models_dir) / EMBEDDED))
+        if not (embedded.FOLDER / "model_index.json").is_file():
+            raise ModelError(f"the embedded model's weights are missing from {embedded.FOLDER}; reinstall Atelier.")
+        return ModelSource(model, "embedded", str(embedded.FOLDER))
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -105,6 +107,20 @@ def pick_dtype(device: torch.device, preferred: str | None = None) -> torch.dtyp
         return _DTYPES[preferred]
     # Half precision halves memory and is what GPUs are fast at; CPUs are not.
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+# Files that decide what a model computes (weights, configs, tokenizer); a
+# card or a training log can change without changing a single pixel.
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".json", ".txt", ".model"}
+_NOT_WEIGHTS = {"atelier.json"}
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and p.name not in _NOT_WEIGHTS and not p.name.startswith(".")
+    ]
 
 
 def _hash_files(paths: list[Path], root: Path) -> str:
@@ -206,12 +222,10 @@ class Engine:
     def __init__(
         self,
         *,
-        models_dir: Path,
         device: str | None = None,
         dtype: str | None = None,
         text_cache_size: int = 64,
     ) -> None:
-        self.models_dir = Path(models_dir)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.text_cache = TextEmbeddingCache(text_cache_size)
@@ -229,7 +243,7 @@ class Engine:
     def load(self, model: str) -> LoadedModel:
         with self._lock:
             if model not in self._models:
-                self._models[model] = self._load(resolve_source(model, models_dir=self.models_dir))
+                self._models[model] = self._load(resolve_source(model))
                 self.loads += 1
             return self._models[model]
 
@@ -240,20 +254,15 @@ class Engine:
                 path = Path(source.location)
                 pipe = _single_file_class(path).from_single_file(str(path), **options)
                 revision = _hash_files([path], path.parent)
-            else:
-                if source.kind == "embedded":
-                    folder = ensure_embedded(Path(source.location))
-                elif source.kind == "hub":
-                    # download() returns the cached snapshot folder, named by its commit.
-                    folder = Path(DiffusionPipeline.download(source.location))
-                else:
-                    folder = Path(source.location)
+            elif source.kind == "hub":
+                # download() returns the cached snapshot folder, named by its commit.
+                folder = Path(DiffusionPipeline.download(source.location))
                 pipe = AutoPipelineForText2Image.from_pretrained(str(folder), **options)
-                if source.kind == "hub":
-                    revision = folder.name
-                else:
-                    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
-                    revision = _hash_files(files, folder)
+                revision = folder.name
+            else:  # a diffusers folder; the embedded model is one
+                folder = Path(source.location)
+                pipe = AutoPipelineForText2Image.from_pretrained(str(folder), **options)
+                revision = _hash_files(_weight_files(folder), folder)
         except ModelError:
             raise
         except (OSError, ValueError) as error:

@@ -24,14 +24,76 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-def _tiny_sdxl():
+def _text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=32,
+        hidden_act="gelu",
+    )
+
+
+def _tiny_sd():
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     from pipelines.embedded import make_tokenizer
 
-    tokenizer = make_tokenizer()
+    tokenizer = make_tokenizer(max_length=77)
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        sample_size=64,
+    )
+    torch.manual_seed(1)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _tiny_sdxl():
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipelines.embedded import make_tokenizer
+
+    tokenizer = make_tokenizer(max_length=77)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=32,
@@ -61,19 +123,7 @@ def _tiny_sdxl():
         latent_channels=4,
         sample_size=128,
     )
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        projection_dim=32,
-        hidden_act="gelu",
-    )
+    config = _text_config(tokenizer)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(config)
     torch.manual_seed(0)
@@ -86,7 +136,7 @@ def _tiny_sdxl():
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
-        tokenizer_2=make_tokenizer(),
+        tokenizer_2=make_tokenizer(max_length=77),
         unet=unet,
         scheduler=scheduler,
     )
@@ -94,11 +144,9 @@ def _tiny_sdxl():
 
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
-    """A tiny SD1.5-architecture diffusers folder (the embedded model's layout)."""
-    from pipelines.embedded import build_pipeline
-
+    """A tiny SD1.5-architecture diffusers folder."""
     folder = tmp_path_factory.mktemp("tiny-sd")
-    build_pipeline(seed=1).save_pretrained(folder, safe_serialization=True)
+    _tiny_sd().save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -108,9 +156,3 @@ def tiny_sdxl_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     _tiny_sdxl().save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory):
-    """Where the embedded model is written once for the whole session."""
-    return tmp_path_factory.mktemp("models")

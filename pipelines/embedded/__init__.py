@@ -1,33 +1,47 @@
-"""The embedded default model: a tiny Stable Diffusion that needs no network.
+"""The embedded default model: a small Stable Diffusion of our own that needs no network.
 
-It has the standard diffusers layout (AutoencoderKL, CLIPTextModel with a
-CLIPTokenizer, UNet2DConditionModel, a scheduler config), so the engine loads
-it like any other diffusers folder and nothing downstream special-cases it.
-
-Until the trained weights of the embedded-model issue land, the weights are
-random but fixed (built from configs after ``torch.manual_seed``), the way
-diffusers' own tests build their dummy components. The folder is written
-under the data folder on first use and loaded from there afterwards.
+It knows one world (``world.py``: a flat shape of one colour on a background
+of another) and ships in ``model/`` as an ordinary diffusers folder
+(AutoencoderKL, CLIPTextModel with a CLIPTokenizer built in code,
+UNet2DConditionModel, a scheduler config), so the engine loads it like any
+other folder and nothing downstream special-cases it. ``model/README.md`` is
+its card; ``scripts/train_embedded.py`` rebuilds the weights.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
 
-# The words of the embedded model's world (issue 3): shapes, colours, places.
+FOLDER = Path(__file__).resolve().parent / "model"
+
+# The words of the world (most are one token; see make_tokenizer); anything else is spelled in bytes.
 WORDS = (
     "a an the of on in at with and "
     "circle square triangle shape background "
     "red green blue yellow orange purple white black "
     "small large big tiny top bottom left right center middle corner"
 ).split()
+MAX_TOKENS = 24  # the longest caption is 15 tokens; prompts past this are truncated
 
-# Shown as the studio's defaults when the embedded model is selected.
-DEFAULTS = {
+START, END = "<|startoftext|>", "<|endoftext|>"
+
+# Zero terminal SNR with v-prediction: the last training timestep is pure
+# noise, so flat backgrounds are learnable from nothing (Lin et al. 2023,
+# "Common Diffusion Noise Schedules and Sample Steps are Flawed"). Training
+# and every sampler the studio offers start from this one config.
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+
+_FALLBACK_DEFAULTS = {
     "width": 64,
     "height": 64,
     "num_inference_steps": 20,
@@ -36,7 +50,12 @@ DEFAULTS = {
     "prompt": "a red circle on a blue background",
 }
 
-START, END = "<|startoftext|>", "<|endoftext|>"
+
+def defaults() -> dict[str, Any]:
+    """Size, steps, guidance and sampler from the model card's settings."""
+    card = FOLDER / "atelier.json"
+    stored = json.loads(card.read_text()).get("defaults", {}) if card.is_file() else {}
+    return {**_FALLBACK_DEFAULTS, **stored}
 
 
 def _byte_alphabet() -> list[str]:
@@ -53,11 +72,15 @@ def _byte_alphabet() -> list[str]:
     return chars
 
 
-def make_tokenizer(words: tuple[str, ...] | list[str] = WORDS, max_length: int = 77):
-    """A CLIPTokenizer built in code: every byte is a token, known words are one.
+def make_tokenizer(words: tuple[str, ...] | list[str] = WORDS, max_length: int = MAX_TOKENS):
+    """A CLIPTokenizer built in code: every byte is a token, and so are most known words.
 
-    Merges are a left-to-right chain per word, so each known word becomes a
-    single token and any other text still tokenizes (byte by byte).
+    Merges are a left-to-right chain per word, in the order of ``words``.
+    An earlier word's merge can win inside a later word ("re" from "red"
+    splits "green" into g+re+e+n), so five of the words are a few tokens
+    each; the shipped model was trained with exactly this tokenizer, so it
+    stays until the next retraining from scratch. Any other text still
+    tokenizes, byte by byte.
     """
     from transformers import CLIPTokenizer
 
@@ -77,15 +100,13 @@ def make_tokenizer(words: tuple[str, ...] | list[str] = WORDS, max_length: int =
             current = merged
     for special in (START, END):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(
-        vocab=vocab, merges=merges, model_max_length=max_length
-    )
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def build_pipeline(seed: int = 0):
-    """The embedded pipeline with fixed random weights (until trained ones land)."""
+def build_components(seed: int = 0) -> dict[str, Any]:
+    """The embedded model's architecture with fresh weights: where training starts."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = make_tokenizer()
@@ -96,74 +117,40 @@ def build_pipeline(seed: int = 0):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(16, 32, 64),  # flat colours need little width; 64x64 convs dominate the cost
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=32,
+        norm_num_groups=8,
         sample_size=64,
     )
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=128,
+            intermediate_size=512,
             num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
+            num_hidden_layers=3,
+            max_position_embeddings=MAX_TOKENS,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            projection_dim=64,
+            projection_dim=128,
         )
     )
     torch.manual_seed(seed)
+    # Cross-attention at 16x16 and 8x8: colour words must reach the right region.
     unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 128, 128),
         layers_per_block=1,
-        cross_attention_dim=64,
-        attention_head_dim=8,
+        cross_attention_dim=128,
+        attention_head_dim=4,
         norm_num_groups=32,
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def ensure_embedded(folder: Path) -> Path:
-    """The embedded model's diffusers folder, written there on first use.
-
-    Written to a sibling temporary folder and renamed, so an interrupted first
-    start never leaves a half-written model that later loads fail on.
-    """
-    folder = Path(folder)
-    if (folder / "model_index.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=folder.parent))
-    try:
-        build_pipeline().save_pretrained(staging, safe_serialization=True)
-        (staging / "atelier.json").write_text(json.dumps({"defaults": DEFAULTS}, indent=2) + "\n")
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}

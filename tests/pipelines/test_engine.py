@@ -14,8 +14,8 @@ from pipelines.samplers import SAMPLER_NAMES
 
 
 @pytest.fixture(scope="module")
-def engine(models_dir):
-    return Engine(models_dir=models_dir)
+def engine():
+    return Engine()
 
 
 def request(model, **changes):
@@ -85,8 +85,8 @@ def test_cancel_stops_early_and_returns_no_image(engine, tiny_sd_folder):
     assert steps == [1, 2]
 
 
-def test_repeated_prompt_is_a_cache_hit(models_dir, tiny_sd_folder):
-    engine = Engine(models_dir=models_dir)
+def test_repeated_prompt_is_a_cache_hit(tiny_sd_folder):
+    engine = Engine()
     engine.run(request(tiny_sd_folder, prompt="a blue square", seed=1))
     assert (engine.text_cache.hits, engine.text_cache.misses) == (0, 1)
     cached = engine.run(request(tiny_sd_folder, prompt="a blue square", seed=1)).images[0]
@@ -99,8 +99,8 @@ def test_repeated_prompt_is_a_cache_hit(models_dir, tiny_sd_folder):
     assert np.array_equal(pixels(cached), pixels(fresh))
 
 
-def test_task_pipelines_share_the_loaded_weights(models_dir, tiny_sd_folder):
-    engine = Engine(models_dir=models_dir)
+def test_task_pipelines_share_the_loaded_weights(tiny_sd_folder):
+    engine = Engine()
     base = engine.pipeline(str(tiny_sd_folder), "txt2img")
     img2img = engine.pipeline(str(tiny_sd_folder), "img2img")
     inpaint = engine.pipeline(str(tiny_sd_folder), "inpaint")
@@ -109,14 +109,13 @@ def test_task_pipelines_share_the_loaded_weights(models_dir, tiny_sd_folder):
     assert engine.loads == 1
 
 
-def test_embedded_model_is_built_once_and_runs_offline(tmp_path):
-    engine = Engine(models_dir=tmp_path)
+def test_embedded_model_ships_with_the_package_and_runs_offline():
+    engine = Engine()
     result = engine.run(Text2ImgRequest(prompt="a red circle", width=64, height=64, num_inference_steps=2))
-    assert (tmp_path / "embedded" / "model_index.json").is_file()
     assert result.images[0].size == (64, 64)
     assert len(result.model_revision) == 64
-    # A second engine loads the saved folder and gets the same weights.
-    assert Engine(models_dir=tmp_path).load("embedded").revision == result.model_revision
+    # The revision is the weights' content hash: a second engine agrees.
+    assert Engine().load("embedded").revision == result.model_revision
 
 
 def test_environment_names_versions_device_and_dtype(engine):
@@ -134,13 +133,13 @@ def test_environment_names_versions_device_and_dtype(engine):
 )
 def test_unresolvable_models_get_a_clear_message(tmp_path, model, message):
     with pytest.raises(ModelError, match=message.replace(".", "\\.").replace("(", "\\(")):
-        resolve_source(model, models_dir=tmp_path)
+        resolve_source(model)
 
 
 def test_model_sources_are_told_apart(tmp_path, tiny_sd_folder):
-    assert resolve_source("embedded", models_dir=tmp_path).kind == "embedded"
-    assert resolve_source(str(tiny_sd_folder), models_dir=tmp_path).kind == "folder"
-    assert resolve_source("stable-diffusion-v1-5/stable-diffusion-v1-5", models_dir=tmp_path).kind == "hub"
+    assert resolve_source("embedded").kind == "embedded"
+    assert resolve_source(str(tiny_sd_folder)).kind == "folder"
+    assert resolve_source("stable-diffusion-v1-5/stable-diffusion-v1-5").kind == "hub"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="has no model_index.json"):
-        resolve_source(str(tmp_path / "empty"), models_dir=tmp_path)
+        resolve_source(str(tmp_path / "empty"))
