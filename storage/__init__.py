@@ -15,6 +15,7 @@ from storage.records import (
     RecordNotFound,
     StorageError,
 )
+from storage.users import UserRecord, Users
 
 __all__ = [
     "BoardRecord",
@@ -27,4 +28,6 @@ __all__ = [
     "Page",
     "RecordNotFound",
     "StorageError",
+    "UserRecord",
+    "Users",
 ]
