@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from pipelines.embedded import DEFAULTS
+from pipelines import embedded
 from pipelines.requests import Text2ImgRequest
 from pipelines.samplers import make_scheduler
 from webui.settings import Settings
@@ -38,13 +38,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as data:
         studio = Studio.from_settings(Settings(data_dir=Path(data), user="bench"))
+        defaults = embedded.defaults()
         request = Text2ImgRequest(
-            prompt=DEFAULTS["prompt"],
-            width=DEFAULTS["width"],
-            height=DEFAULTS["height"],
-            num_inference_steps=DEFAULTS["num_inference_steps"],
-            guidance_scale=DEFAULTS["guidance_scale"],
-            sampler=DEFAULTS["sampler"],
+            prompt=defaults["prompt"],
+            width=defaults["width"],
+            height=defaults["height"],
+            num_inference_steps=defaults["num_inference_steps"],
+            guidance_scale=defaults["guidance_scale"],
+            sampler=defaults["sampler"],
         )
         pipe = studio.engine.pipeline("embedded", "txt2img")
 

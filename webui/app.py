@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import gradio as gr
 
+from storage import Users
 from webui.jobs import Jobs
 from webui.settings import Settings
 from webui.studio import Studio
@@ -21,21 +24,35 @@ def build_app(studio: Studio) -> gr.Blocks:
     jobs = Jobs(studio)
     with gr.Blocks(title="Atelier") as app:
         gr.Markdown(f"# Atelier\nModel: `{studio.settings.model}` · data: `{studio.settings.data_dir}`", elem_id="atelier-header")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 txt2img = txt2img_tab.build(jobs)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = gallery_tab.build(jobs)
         # A new image shows up in the gallery without a manual refresh.
         txt2img["generated"].success(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
+
+        # "Send to its tab": every field filled from the record, to change one thing.
+        fields = txt2img["fields"]
+
+        def send(record_id):
+            params = gallery["load"](record_id).params
+            return [params[name] for name in fields] + [gr.Tabs(selected=params["task"])]
+
+        gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs],
+                                     api_name="send_to_tab", queue=False)
         app.load(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
     # Waiting users see their place in line; the GPU events limit themselves.
     app.queue(default_concurrency_limit=studio.settings.gpu_workers)
     return app
 
 
-def launch(studio: Studio, *, prevent_thread_lock: bool = False, quiet: bool = False) -> gr.Blocks:
+def launch(
+    studio: Studio, *, users: Users | None = None, prevent_thread_lock: bool = False, quiet: bool = False
+) -> gr.Blocks:
     settings = studio.settings
+    if users is None:
+        users = Users(url=settings.gallery_url)
     app = build_app(studio)
     app.launch(
         server_name=settings.host,
@@ -46,17 +63,50 @@ def launch(studio: Studio, *, prevent_thread_lock: bool = False, quiet: bool = F
         quiet=quiet,
         show_error=True,
         css=CSS,
+        # With accounts, every page, file and API route wants a login; without,
+        # the studio is single-user, as it was before accounts existed.
+        auth=_login(users) if users.count_users() else None,
+        auth_message="Log in with your Atelier account.",
     )
     return app
 
 
+def _login(users: Users) -> Callable[[str, str], Awaitable[bool]]:
+    # Gradio awaits a coroutine auth function but calls a plain one on its
+    # event loop (gradio/routes.py, `login`); argon2 takes tens of
+    # milliseconds, so it runs in a worker thread instead of stalling every page.
+    async def check(name: str, password: str) -> bool:
+        return await asyncio.to_thread(users.verify, name, password)
+
+    return check
+
+
+def _warm_up(studio: Studio) -> None:
+    from pipelines.engine import ModelError
+
+    try:
+        studio.engine.load(studio.settings.model)
+    except ModelError as error:
+        # The page still serves the gallery; each generation will say the same.
+        print(f"atelier: {error}", flush=True)
+    else:
+        print(f"Model {studio.settings.model} ready on {studio.engine.device.type}.", flush=True)
+
+
 def serve(settings: Settings) -> None:
     studio = Studio.from_settings(settings)
-    # Load the model while the page is already up: the first click then waits
-    # on the engine's lock instead of the page waiting on the model.
-    threading.Thread(target=studio.engine.load, args=(settings.model,), daemon=True).start()
+    users = Users(url=settings.gallery_url)
+    # Import torch and load the model while the page is already up: the first
+    # click then waits on the engine's lock instead of the page on the model.
+    threading.Thread(target=_warm_up, args=(studio,), daemon=True).start()
     print(f"Atelier on http://{settings.host}:{settings.port} · model {settings.model} · data {settings.data_dir}", flush=True)
+    accounts = users.count_users()
+    if accounts:
+        print(f"{accounts} account{'s' if accounts > 1 else ''}: everyone logs in.", flush=True)
+    else:
+        print("No accounts: single-user studio; add one with `atelier user add NAME`", flush=True)
     try:
-        launch(studio)
+        launch(studio, users=users)
     finally:
+        users.close()
         studio.close()

@@ -1,4 +1,4 @@
-"""The ``atelier`` command: serve the studio, generate, rerun, list the gallery.
+"""The ``atelier`` command: serve the studio, generate, rerun, and look after the gallery.
 
 Every command takes ``--data DIR`` so a script or a test can point at a
 scratch gallery; everything lands in the same gallery the UI shows, through
@@ -8,6 +8,7 @@ the same studio service.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -54,12 +55,50 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("id", type=int)
     rerun.add_argument("--json", action="store_true")
 
-    gallery = command("gallery", "Look at the gallery.")
+    gallery = command("gallery", "Look at the gallery, bring images in and take them out.")
     gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
-    listing = gallery_commands.add_parser("list", help="newest generations first")
-    listing.add_argument("--data", type=Path, help="data folder (gallery, images, models)")
+
+    def gallery_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = gallery_commands.add_parser(name, help=help, description=help)
+        # SUPPRESS: `atelier gallery --data D list` keeps D instead of this default.
+        sub.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data folder (gallery, images, models)")
+        return sub
+
+    listing = gallery_command("list", "Newest generations first.")
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--json", action="store_true")
+
+    search = gallery_command("search", "Generations whose prompt or negative prompt has every word, best match first.")
+    search.add_argument("text")
+    search.add_argument("--limit", type=int, default=20)
+    search.add_argument("--json", action="store_true")
+
+    show = gallery_command("show", "Everything about one generation: parameters, images, family, review state.")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+
+    importing = gallery_command("import", "Read the request in a PNG's metadata (Atelier, A1111, ComfyUI, InvokeAI).")
+    importing.add_argument("png", type=Path)
+    importing.add_argument("--json", action="store_true")
+
+    export = gallery_command("export", "Write generations' images and a manifest (JSON and CSV) to a ZIP file.")
+    chosen = export.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--board", help="every generation on this board")
+    chosen.add_argument("--ids", help="these generations, comma-separated: 1,2,3")
+    export.add_argument("--out", type=Path, required=True, help="the ZIP file to write")
+
+    user = command("user", "Add accounts and change their passwords; with one or more, everyone logs in.")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+
+    def user_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = user_commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="data folder (gallery, images, models)")
+        sub.add_argument("name", help="1 to 64 letters, digits, '.', '_' or '-'")
+        return sub
+
+    add = user_command("add", "Add an account; the password is asked twice (or read as two lines from stdin).")
+    add.add_argument("--admin", action="store_true", help="may delete anyone's generations")
+    user_command("passwd", "Change an account's password; asked twice (or read as two lines from stdin).")
     return parser
 
 
@@ -99,10 +138,200 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             serve(settings.replace(host=args.host, port=args.port))
             return 0
+        if args.command == "gallery":
+            return _gallery(args, settings)
+        if args.command == "user":
+            return _user(args, settings)
         return _run(args, settings)
     except (RequestError, SettingsError) as error:
         print(f"atelier: {error}", file=sys.stderr)
         return 2
+
+
+def _fail(message: object) -> int:
+    print(f"atelier: {message}", file=sys.stderr)
+    return 2
+
+
+def _row_json(record, gallery) -> dict[str, Any]:
+    return {**_record_json(record, gallery), "prompt": record.prompt, "created_at": record.created_at.isoformat()}
+
+
+def _print_row(record) -> None:
+    print(f"{record.id:>6}  {record.created_at:%Y-%m-%d %H:%M}  {record.status:<9}  {record.prompt[:60]}")
+
+
+def _when(moment) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _show_json(record, children, gallery) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "status": record.status,
+        "error": record.error,
+        "user": record.user,
+        "task": record.task,
+        "created_at": _when(record.created_at),
+        "finished_at": _when(record.finished_at),
+        "duration_ms": record.duration_ms,
+        "model": record.model,
+        "model_revision": record.model_revision,
+        "params": record.params,
+        "images": [
+            {
+                "role": image.role,
+                "position": image.position,
+                "seed": image.seed,
+                "width": image.width,
+                "height": image.height,
+                "sha256": image.sha256,
+                "path": str(gallery.path(image.path)),
+            }
+            for image in record.images
+        ],
+        "parent_id": record.parent_id,
+        "children": [child.id for child in children],
+        "starred": record.starred,
+        "review": record.review,
+        "review_note": record.review_note,
+        "reviewed_by": record.reviewed_by,
+        "reviewed_at": _when(record.reviewed_at),
+        "tags": list(record.tags),
+        "boards": list(record.boards),
+        "environment": record.environment,
+        "timings": record.timings,
+    }
+
+
+def _print_show(shown: dict[str, Any]) -> None:
+    print(f"generation {shown['id']}: {shown['status']}" + (f" ({shown['error']})" if shown["error"] else ""))
+    print(f"  made by {shown['user']} at {shown['created_at']}, {shown['task']} with {shown['model']}")
+    if shown["model_revision"]:
+        print(f"  model revision {shown['model_revision']}")
+    print("parameters:")
+    for key, value in shown["params"].items():
+        print(f"  {key}: {value}")
+    print("images:")
+    for image in shown["images"]:
+        print(
+            f"  {image['role']} {image['position']}  seed {image['seed']}  {image['width']}x{image['height']}"
+            f"  sha256 {image['sha256']}  {image['path']}"
+        )
+    print(f"parent: {shown['parent_id'] or 'none'}")
+    print(f"children: {', '.join(map(str, shown['children'])) or 'none'}")
+    review = shown["review"]
+    if review != "none":
+        review += f" by {shown['reviewed_by']} at {shown['reviewed_at']}"
+        review += f": {shown['review_note']}" if shown["review_note"] else ""
+    print(f"review: {review}")
+    print(f"starred: {'yes' if shown['starred'] else 'no'}")
+    print(f"tags: {', '.join(shown['tags']) or 'none'}")
+    print(f"boards: {', '.join(shown['boards']) or 'none'}")
+
+
+def _print_import(imported) -> None:
+    request = imported.request
+    print(f"source: {imported.source}")
+    for name in ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "width", "height"):
+        print(f"{name}: {getattr(request, name)}")
+    print(f"sampler: {request.sampler}")
+    print(f"model: {request.model}")
+    print("unmapped:" + ("" if imported.unmapped else " none"))
+    for key, value in imported.unmapped.items():
+        print(f"  {key}: {value}")
+
+
+def _generation_ids(text: str) -> list[int] | None:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() and len(part) <= 18 for part in parts):
+        return None
+    return [int(part) for part in parts]
+
+
+def _gallery(args: argparse.Namespace, settings: Settings) -> int:
+    """The `gallery` commands: storage only, so none of them waits for torch."""
+    from storage import Gallery, StorageError
+    from storage.export import export_board, export_zip
+    from webui.imports import MetadataError, import_png
+
+    try:
+        if args.gallery_command == "import":
+            imported = import_png(args.png)
+            if args.json:
+                print(imported.to_json())
+            else:
+                _print_import(imported)
+            return 0
+        ids = None
+        if args.gallery_command == "export" and args.ids is not None:
+            ids = _generation_ids(args.ids)
+            if ids is None:
+                return _fail(f"--ids must be generation ids separated by commas, like 1,2,3; got {args.ids!r}.")
+        with Gallery(url=settings.gallery_url, data_dir=settings.data_dir) as gallery:
+            if args.gallery_command in ("list", "search"):
+                if args.gallery_command == "list":
+                    records = gallery.list(limit=args.limit)
+                else:
+                    records = list(gallery.search(text=args.text, limit=args.limit).records)
+                if args.json:
+                    print(json.dumps([_row_json(record, gallery) for record in records]))
+                else:
+                    for record in records:
+                        _print_row(record)
+            elif args.gallery_command == "show":
+                record = gallery.get(args.id)
+                shown = _show_json(record, gallery.children(record.id), gallery)
+                if args.json:
+                    print(json.dumps(shown))
+                else:
+                    _print_show(shown)
+            else:  # export
+                if ids is None:
+                    exported = export_board(gallery, args.board, args.out)
+                else:
+                    exported = export_zip(gallery, ids, args.out)
+                print(f"wrote {exported.images} images from {exported.generations} generations to {exported.path}")
+                if exported.skipped:
+                    print(f"  without images, left out: {', '.join(map(str, exported.skipped))}")
+        return 0
+    except (StorageError, MetadataError, OSError) as error:
+        return _fail(error)
+
+
+def _user(args: argparse.Namespace, settings: Settings) -> int:
+    """The `user` commands: storage only, like `gallery`."""
+    from storage import StorageError, Users
+
+    password = _new_password()
+    if password is None:
+        return _fail("the two passwords differ.")
+    try:
+        if not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with Users(url=settings.gallery_url) as users:
+            if args.user_command == "add":
+                added = users.add_user(args.name, password, admin=args.admin)
+                print(f"added {'admin ' if added.is_admin else ''}account {added.name}")
+            else:
+                changed = users.set_password(args.name, password)
+                print(f"changed the password of {changed.name}")
+        return 0
+    except (StorageError, OSError) as error:
+        return _fail(error)
+
+
+def _new_password() -> str | None:
+    """The password typed twice, or None when the two differ.
+
+    A terminal gets two hidden prompts; otherwise two lines are read from
+    stdin, so a script can pipe them in without the password on the command line.
+    """
+    if sys.stdin.isatty():
+        first, second = getpass.getpass("Password: "), getpass.getpass("Password again: ")
+    else:
+        first, second = (sys.stdin.readline().removesuffix("\n").removesuffix("\r") for _ in range(2))
+    return first if first == second else None
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,19 +339,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.engine import ModelError
     from storage import RecordNotFound
     from webui.studio import Studio
-
-    if args.command == "gallery":
-        from storage import Gallery
-
-        gallery = Gallery(url=settings.gallery_url, data_dir=settings.data_dir)
-        records = gallery.list(limit=args.limit)
-        if args.json:
-            print(json.dumps([{**_record_json(r, gallery), "prompt": r.prompt, "created_at": r.created_at.isoformat()} for r in records]))
-        else:
-            for record in records:
-                print(f"{record.id:>6}  {record.created_at:%Y-%m-%d %H:%M}  {record.status:<9}  {record.prompt[:60]}")
-        gallery.close()
-        return 0
 
     if args.command == "generate":
         model = settings.model

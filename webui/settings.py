@@ -45,7 +45,6 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str = ""  # empty: SQLite in the data folder
     model: str = "embedded"
-    models_path: Path | None = None  # empty: <data_dir>/models
     host: str = "127.0.0.1"
     port: int = 7860
     device: str = ""  # empty: CUDA, then Apple MPS, then CPU
@@ -65,11 +64,6 @@ class Settings:
     def gallery_url(self) -> str:
         """The database URL: the setting, or SQLite inside the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'gallery.db'}"
-
-    @property
-    def models_dir(self) -> Path:
-        """Where built-in models are written (the embedded one); shareable between galleries."""
-        return Path(self.models_path).expanduser() if self.models_path else self.data_dir / "models"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")) -> Settings:
@@ -98,7 +92,7 @@ class Settings:
 def model_defaults(model: str) -> dict[str, Any]:
     """Size, steps, guidance and sampler a model is meant to run at."""
     if model == "embedded":
-        from pipelines.embedded import DEFAULTS
+        from pipelines import embedded
 
-        return dict(DEFAULTS)
+        return embedded.defaults()
     return {"width": 512, "height": 512, "num_inference_steps": 25, "guidance_scale": 7.0, "sampler": "DPM++ 2M", "prompt": ""}

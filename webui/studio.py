@@ -6,14 +6,17 @@ The Gradio UI, the CLI and the HTTP API all call ``Studio.submit`` and
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.engine import CancelToken, Engine, ProgressFn
 from pipelines.requests import GenerationRequest, request_from_dict
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration
 from webui.settings import Settings
+
+if TYPE_CHECKING:  # the engine module imports torch; the page should not wait for it
+    from pipelines.engine import CancelToken, Engine, ProgressFn
 
 
 @dataclass(frozen=True)
@@ -43,22 +46,35 @@ def explain_difference(parent: GenerationRecord, child: GenerationRecord) -> lis
 class Studio:
     """Runs requests for users and keeps every result in the gallery."""
 
-    def __init__(self, *, settings: Settings, engine: Engine, gallery: Gallery) -> None:
+    def __init__(self, *, settings: Settings, gallery: Gallery, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine
         self.gallery = gallery
+        self._engine = engine
+        self._engine_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
         """Wire the services once, at start-up."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = Engine(
-            models_dir=settings.models_dir,
-            device=settings.device or None,
-            dtype=settings.dtype or None,
-            text_cache_size=settings.text_cache_size,
-        )
-        return cls(settings=settings, engine=engine, gallery=Gallery(url=settings.gallery_url, data_dir=settings.data_dir))
+        return cls(settings=settings, gallery=Gallery(url=settings.gallery_url, data_dir=settings.data_dir))
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, made on first use.
+
+        Importing torch and diffusers takes seconds; the studio's page and the
+        gallery need neither, so they come up without waiting for them.
+        """
+        with self._engine_lock:
+            if self._engine is None:
+                from pipelines.engine import Engine
+
+                self._engine = Engine(
+                    device=self.settings.device or None,
+                    dtype=self.settings.dtype or None,
+                    text_cache_size=self.settings.text_cache_size,
+                )
+            return self._engine
 
     def close(self) -> None:
         self.gallery.close()

@@ -13,8 +13,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def settings(tmp_path, models_dir):
-    return Settings(data_dir=tmp_path / "data", models_path=models_dir, user="ada", port=free_port())
+def settings(tmp_path):
+    return Settings(data_dir=tmp_path / "data", user="ada", port=free_port())
 
 
 @pytest.fixture
@@ -25,13 +25,11 @@ def studio(settings):
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, models_dir):
+def launched(tmp_path_factory):
     """The real app on a free port, with its own scratch gallery."""
     from webui.app import launch
 
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("served"), models_path=models_dir, user="ada", port=free_port()
-    )
+    settings = Settings(data_dir=tmp_path_factory.mktemp("served"), user="ada", port=free_port())
     studio = Studio.from_settings(settings)
     app = launch(studio, prevent_thread_lock=True, quiet=True)
     yield studio, f"http://127.0.0.1:{settings.port}/"

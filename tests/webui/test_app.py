@@ -35,11 +35,55 @@ def test_txt2img_then_rerun_over_the_api(launched):
     assert [sha256(path) for path in downloaded] == [image.sha256 for image in record.outputs]
     assert "Seed: 78" in read_png_metadata(downloaded[1])["parameters"]
 
-    rerun_id, rerun_image, description, params, verdict = client.predict(record.id, api_name="/rerun")
+    rerun_id, rerun_image, *_, family, params, verdict, note, download = client.predict(record.id, api_name="/rerun")
     assert "identical" in verdict
-    assert f"Rerun of** #{record.id}" in description
+    assert f"Rerun of** #{record.id}" in family
     assert sha256(rerun_image) == record.outputs[0].sha256
     assert studio.gallery.get(rerun_id).parent_id == record.id
+
+
+def test_review_search_and_variations_over_the_api(launched):
+    studio, url = launched
+    client = Client(url, verbose=False)
+    *_, details = client.predict(
+        "a green triangle on an orange background", "", "Euler", 3, 5.0, 64, 64, 5, 1, api_name="/txt2img"
+    )
+    record_id = details["id"]
+
+    client.predict(record_id, api_name="/star")
+    client.predict(record_id, "on brand", api_name="/approve")
+    client.predict(record_id, "spring, hero", api_name="/tag")
+    client.predict(record_id, "Spring campaign", api_name="/add_to_board")
+    record = studio.gallery.get(record_id)
+    assert record.starred and record.review == "approved" and record.review_note == "on brand"
+    assert record.tags == ("hero", "spring") and record.boards == ("Spring campaign",)
+
+    # Search by a prompt word, with filters, finds it; another word does not.
+    items, info = client.predict(
+        "triangle orange", "everyone", "", "embedded", "any", "approved", True, "hero", "Spring campaign", "", "",
+        api_name="/gallery_search",
+    )
+    assert [item["caption"] for item in items] == [f"#{record_id} · a green triangle on an orange background"]
+    assert "1–1 of 1" in info
+    _, info = client.predict(
+        "zebra", "everyone", "", "", "any", "any", False, "", "any", "", "", api_name="/gallery_search"
+    )
+    assert "of 0" in info
+
+    # New seeds: one child record with three new images.
+    child_id, *_, verdict, _, _ = client.predict(record_id, 3, api_name="/variations")
+    child = studio.gallery.get(child_id)
+    assert child.parent_id == record_id and len(child.outputs) == 3
+    assert child.seed != record.seed
+    assert f"child of #{record_id}" in verdict
+
+    # Send to tab fills every field from the record.
+    sent = client.predict(record_id, api_name="/send_to_tab")
+    assert sent[0] == "a green triangle on an orange background" and sent[2] == "Euler" and sent[7] == 5
+
+    # Delete removes the record (single-user studio: the user may delete anything).
+    client.predict(child_id, api_name="/delete")
+    assert child_id not in [r.id for r in studio.gallery.list(limit=100)]
 
 
 def test_bad_input_is_a_clear_error_and_nothing_is_written(launched):
@@ -53,3 +97,36 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(launched):
     else:
         raise AssertionError("an empty prompt was accepted")
     assert studio.gallery.count() == before
+
+
+def test_import_a_png_fills_the_tab_and_export_a_board(launched, tmp_path):
+    import zipfile
+
+    from gradio_client import handle_file
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    studio, url = launched
+    client = Client(url, verbose=False)
+    info = PngInfo()
+    info.add_text(
+        "parameters",
+        "a blue circle on a white background\nNegative prompt: blurry\n"
+        "Steps: 12, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 64x72, Clip skip: 2",
+    )
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (64, 72), "white").save(png, pnginfo=info)
+    *values, summary = client.predict(handle_file(str(png)), api_name="/import_png")
+    assert values == ["a blue circle on a white background", "blurry", "DPM++ 2M Karras", 12, 6.5, 64, 72, 1234, 1]
+    assert "automatic1111" in summary and "Clip skip" in summary
+
+    *_, details = client.predict("a red square", "", "Euler", 2, 5.0, 64, 64, 8, 2, api_name="/txt2img")
+    client.predict(details["id"], "Export me", api_name="/add_to_board")
+    zipped = client.predict("Export me", api_name="/export")
+    with zipfile.ZipFile(zipped) as archive:
+        names = archive.namelist()
+        assert {"manifest.json", "manifest.csv"} <= set(names)
+        pngs = sorted(name for name in names if name.endswith(".png"))
+        assert len(pngs) == 2
+        shas = sorted(i.sha256 for i in studio.gallery.get(details["id"]).outputs)
+        assert sorted(hashlib.sha256(archive.read(name)).hexdigest() for name in pngs) == shas

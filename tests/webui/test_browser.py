@@ -5,6 +5,8 @@ import shutil
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from pipelines.requests import Text2ImgRequest
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -44,3 +46,26 @@ def test_type_a_prompt_generate_and_find_it_in_the_gallery(launched, page):
     # The gallery tab lists it, newest first, without a manual refresh.
     page.get_by_role("tab", name="Gallery").click()
     expect(page.get_by_text(f"#{record.id} · a purple triangle").first).to_be_attached(timeout=10_000)
+
+
+def test_search_open_and_rerun_shows_identical(launched, page):
+    studio, url = launched
+    record = studio.submit(
+        Text2ImgRequest(
+            prompt="a black square on a yellow background", seed=99, width=64, height=64, num_inference_steps=4
+        ),
+        user="ada",
+    )
+    page.goto(url)
+    page.get_by_role("tab", name="Gallery").click()
+    page.get_by_label("Search prompts").fill("black square yellow")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.get_by_text("1–1 of 1")).to_be_visible(timeout=10_000)
+
+    # Open the record from the grid, then rerun it.
+    page.locator("#gallery-grid img").first.click()
+    expect(page.get_by_text(f"Record #{record.id}", exact=False).first).to_be_visible(timeout=10_000)
+    page.get_by_role("button", name="Rerun exactly").click()
+    expect(page.get_by_text("identical", exact=False).first).to_be_visible(timeout=60_000)
+    [child] = studio.gallery.children(record.id)
+    assert [i.sha256 for i in child.outputs] == [i.sha256 for i in record.outputs]

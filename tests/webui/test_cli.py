@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +9,13 @@ from pathlib import Path
 from webui.cli import main
 
 
-def test_generate_then_rerun_reports_identical(tmp_path, models_dir):
+def test_generate_then_rerun_reports_identical(tmp_path):
     """The installed console script, end to end, in a scratch gallery."""
-    env = {**os.environ, "ATELIER_MODELS_PATH": str(models_dir)}
     atelier = Path(sys.executable).with_name("atelier")
     data = ["--data", str(tmp_path / "gallery")]
     made = subprocess.run(
         [str(atelier), "generate", "--prompt", "a blue square", "--seed", "9", "--steps", "3", "--json", *data],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True, text=True, check=True,
     )
     generated = json.loads(made.stdout)
     [image] = generated["images"]
@@ -26,7 +24,7 @@ def test_generate_then_rerun_reports_identical(tmp_path, models_dir):
 
     again = subprocess.run(
         [str(atelier), "rerun", str(generated["id"]), "--json", *data],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True, text=True, check=True,
     )
     rerun = json.loads(again.stdout)
     assert rerun["parent_id"] == generated["id"]
@@ -34,8 +32,7 @@ def test_generate_then_rerun_reports_identical(tmp_path, models_dir):
     assert rerun["images"][0]["sha256"] == image["sha256"]
 
 
-def test_gallery_list_shows_what_generate_made(tmp_path, models_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ATELIER_MODELS_PATH", str(models_dir))
+def test_gallery_list_shows_what_generate_made(tmp_path, capsys):
     data = ["--data", str(tmp_path)]
     assert main(["generate", "--prompt", "a green triangle", "--seed", "1", "--steps", "2", "--batch-size", "2", "--json", *data]) == 0
     made = json.loads(capsys.readouterr().out)
@@ -45,14 +42,12 @@ def test_gallery_list_shows_what_generate_made(tmp_path, models_dir, monkeypatch
     assert listed["id"] == made["id"] and listed["prompt"] == "a green triangle"
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, models_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ATELIER_MODELS_PATH", str(models_dir))
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["generate", "--prompt", "x", "--width", "100", "--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "atelier: width must be a multiple of 8 from 64 to 2048; got 100.\n"
     assert not (tmp_path / "gallery.db").exists()
 
 
-def test_rerun_of_a_missing_record_says_so(tmp_path, models_dir, monkeypatch, capsys):
-    monkeypatch.setenv("ATELIER_MODELS_PATH", str(models_dir))
+def test_rerun_of_a_missing_record_says_so(tmp_path, capsys):
     assert main(["rerun", "42", "--data", str(tmp_path)]) == 2
     assert "42" in capsys.readouterr().err

@@ -1,33 +1,69 @@
-"""The Gallery tab: every generation, newest first; open one, rerun it."""
+"""The Gallery tab: find any generation, review it, and make it again.
+
+Browse newest first or search prompts; filter by task, person, review state,
+star, tag or board. Open a record for the full image, every parameter, its
+parent and children; star, approve or reject with a note, tag, put it on a
+board, rerun it (and see whether it reproduced), make new seeds, send it back
+to its tab, download or delete it.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any
 
 import gradio as gr
 
-from storage import GenerationRecord, RecordNotFound
+from pipelines.requests import random_seed
+from storage import GenerationRecord, RecordNotFound, StorageError
+from storage.export import export_board, export_zip
 from webui.jobs import Jobs
 
 PAGE_SIZE = 24
+ANY = "any"
+TASKS = (ANY, "txt2img")
+REVIEWS = (ANY, "none", "approved", "rejected")
+REVIEW_BADGES = {"approved": "✅ approved", "rejected": "⛔ rejected", "none": "not reviewed"}
 
 
 def describe(record: GenerationRecord) -> str:
-    """The record's facts as Markdown (the prompt is in the parameters, shown as JSON)."""
+    """The record's facts as Markdown (the prompt itself is shown as JSON, never as HTML)."""
     when = record.created_at.strftime("%Y-%m-%d %H:%M:%S")
     seconds = (record.duration_ms or 0) / 1000
     seeds = ", ".join(str(image.seed) for image in record.outputs) or "—"
+    star = "⭐ " if record.starred else ""
     lines = [
-        f"### Record #{record.id}",
+        f"### {star}Record #{record.id}",
         f"**{record.status}** · {record.task} · by {record.user} · {when} · {seconds:.2f} s",
         f"**Model** `{record.model}` · revision `{(record.model_revision or '')[:12]}`",
         f"**Seeds** {seeds}",
+        f"**Review** {REVIEW_BADGES.get(record.review, record.review)}"
+        + (f" by {record.reviewed_by}" if record.reviewed_by else ""),
     ]
-    if record.parent_id is not None:
-        lines.append(f"**Rerun of** #{record.parent_id}")
+    if record.tags:
+        lines.append("**Tags** " + ", ".join(f"`{tag}`" for tag in record.tags))
+    if record.boards:
+        lines.append("**Boards** " + ", ".join(f"`{board}`" for board in record.boards))
     if record.error:
         lines.append(f"**Error** `{record.error}`")
+    environment = record.environment
+    if environment:
+        lines.append(
+            f"**Ran on** {environment.get('device', '?')} ({environment.get('device_name', '')}), "
+            f"{environment.get('dtype', '?')}, torch {environment.get('torch', '?')}, "
+            f"diffusers {environment.get('diffusers', '?')}"
+        )
     return "\n\n".join(lines)
+
+
+def lineage(record: GenerationRecord, children: list[GenerationRecord]) -> str:
+    parts = []
+    if record.parent_id is not None:
+        parts.append(f"**Rerun of** #{record.parent_id}")
+    if children:
+        parts.append("**Reruns and variations** " + ", ".join(f"#{child.id}" for child in children))
+    return " · ".join(parts)
 
 
 def build(jobs: Jobs) -> dict[str, Any]:
@@ -35,104 +71,306 @@ def build(jobs: Jobs) -> dict[str, Any]:
 
     # -- functions --------------------------------------------------------
 
-    def page(cursors: list[int]) -> tuple[list, list[int], str]:
-        """One page of thumbnails; ``cursors`` holds the keyset of each older page."""
-        before = cursors[-1] if cursors else None
-        records = gallery.list(limit=PAGE_SIZE, before_id=before, status="succeeded")
-        items = [
-            (str(gallery.path(r.outputs[0].thumb_path)), f"#{r.id} · {r.prompt[:60]}") for r in records if r.outputs
-        ]
-        total = gallery.count(status="succeeded")
-        first = len(cursors) * PAGE_SIZE + 1 if records else 0
-        info = f"{first}–{len(cursors) * PAGE_SIZE + len(records)} of {total}"
-        return items, [r.id for r in records], info
+    def day(text: str, field: str, *, end: bool) -> dt.datetime | None:
+        text = (text or "").strip()
+        if not text:
+            return None
+        try:
+            start = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            raise gr.Error(f"{field} must be a date like 2026-11-27; got {text!r}.") from None
+        return start + dt.timedelta(days=1) if end else start
+
+    def filters(text, scope, who, model, task, review, starred, tag, board, since, until,
+                request: gr.Request) -> dict[str, Any]:
+        # An untouched textbox can arrive as None.
+        text, who, model, tag = ((value or "").strip() for value in (text, who, model, tag))
+        return {
+            "text": text or None,
+            "user": jobs.user(request) if scope == "mine" else (who or None),
+            "model": model or None,
+            "created_from": day(since, "From", end=False),
+            "created_to": day(until, "To", end=True),
+            "task": None if task == ANY else task,
+            "review": None if review == ANY else review,
+            "starred": True if starred else None,
+            "tag": tag or None,
+            "board": None if board in (None, ANY) else board,
+            "status": "succeeded",
+        }
+
+    def page(chosen: dict[str, Any], cursors: list[str | None]) -> tuple:
+        """One page of thumbnails; ``cursors`` holds where each shown page starts."""
+        try:
+            result = gallery.search(**chosen, limit=PAGE_SIZE, cursor=cursors[-1])
+            total = gallery.count(**chosen)
+        except StorageError as error:
+            raise gr.Error(str(error)) from None
+        records = [record for record in result.records if record.outputs]
+        items = [(str(gallery.path(r.outputs[0].thumb_path)), f"#{r.id} · {r.prompt[:60]}") for r in records]
+        first = (len(cursors) - 1) * PAGE_SIZE
+        info = f"{first + 1 if records else 0}–{first + len(records)} of {total}"
+        return items, [r.id for r in records], info, result.next_cursor
+
+    def search(text, scope, who, model, task, review, starred, tag, board, since, until,
+               request: gr.Request) -> tuple:
+        chosen = filters(text, scope, who, model, task, review, starred, tag, board, since, until, request)
+        items, ids, info, next_cursor = page(chosen, [None])
+        return items, ids, info, chosen, [None], next_cursor
 
     def newest() -> tuple:
-        return (*page([]), [])
+        chosen = {"status": "succeeded"}
+        items, ids, info, next_cursor = page(chosen, [None])
+        names = board_choices()
+        return items, ids, info, chosen, [None], next_cursor, gr.update(choices=names), gr.update(choices=names[1:])
 
-    def older(cursors: list[int], ids: list[int]) -> tuple:
-        if len(ids) < PAGE_SIZE:
+    def older(chosen, cursors, next_cursor) -> tuple:
+        if next_cursor is None:
             gr.Info("This is the oldest page.")
-            return (*page(cursors), cursors)
-        cursors = [*cursors, ids[-1]]
-        return (*page(cursors), cursors)
+            return (*page(chosen, cursors)[:3], cursors, next_cursor)
+        cursors = [*cursors, next_cursor]
+        items, ids, info, next_cursor = page(chosen, cursors)
+        return items, ids, info, cursors, next_cursor
 
-    def newer(cursors: list[int]) -> tuple:
-        cursors = cursors[:-1]
-        return (*page(cursors), cursors)
+    def newer(chosen, cursors) -> tuple:
+        cursors = cursors[:-1] or [None]
+        items, ids, info, next_cursor = page(chosen, cursors)
+        return items, ids, info, cursors, next_cursor
+
+    def board_choices() -> list[str]:
+        return [ANY, *(board.name for board in gallery.boards())]
+
+    def load(record_id: float | None) -> GenerationRecord:
+        if record_id is None:
+            raise gr.Error("Record id must be a gallery record number; pick one in the grid.")
+        try:
+            return gallery.get(int(record_id))
+        except RecordNotFound as error:
+            raise gr.Error(str(error)) from None
+
+    def view(record: GenerationRecord, verdict: str = "") -> tuple:
+        image = str(gallery.path(record.outputs[0].path)) if record.outputs else None
+        others = [str(gallery.path(i.path)) for i in record.images if i.role != "output"]
+        outputs = [str(gallery.path(i.path)) for i in record.outputs]
+        return (
+            record.id,
+            image,
+            outputs,
+            gr.update(value=others, visible=bool(others)),
+            describe(record),
+            lineage(record, gallery.children(record.id)),
+            record.params,
+            verdict,
+            record.review_note or "",
+            gr.update(value=image, interactive=image is not None),
+        )
 
     def open_record(record_id: float | None) -> tuple:
-        if record_id is None:
-            raise gr.Error("Record id must be a gallery record number.")
-        try:
-            record = gallery.get(int(record_id))
-        except RecordNotFound as error:
-            raise gr.Error(str(error)) from None
-        image = str(gallery.path(record.outputs[0].path)) if record.outputs else None
-        return int(record.id), image, describe(record), record.params, ""
+        return view(load(record_id))
 
     def select(ids: list[int], event: gr.SelectData) -> tuple:
-        return open_record(ids[event.index])
+        return view(load(ids[event.index]))
+
+    def guarded(action):
+        """Run a review action; storage refusals become one clear message."""
+        try:
+            return action()
+        except (StorageError, ValueError) as error:
+            raise gr.Error(str(error)) from None
+
+    def star(record_id: float | None) -> tuple:
+        record = load(record_id)
+        return view(guarded(lambda: gallery.star(record.id, starred=not record.starred)))
+
+    def set_review(state: str):
+        def handler(record_id: float | None, note: str, request: gr.Request) -> tuple:
+            record = load(record_id)
+            return view(guarded(lambda: gallery.review(record.id, state=state, note=note.strip() or None,
+                                                       by=jobs.user(request))))
+
+        return handler
+
+    def tag(record_id: float | None, text: str) -> tuple:
+        record = load(record_id)
+        tags = [t.strip() for t in text.split(",") if t.strip()]
+        if not tags:
+            raise gr.Error("Tags must be words separated by commas, e.g. 'hero, spring'.")
+        return view(guarded(lambda: gallery.add_tags(record.id, tags)))
+
+    def to_board(record_id: float | None, name: str, request: gr.Request) -> tuple:
+        record = load(record_id)
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Board must have a name, e.g. 'spring campaign'.")
+        if name not in {board.name for board in gallery.boards()}:
+            guarded(lambda: gallery.create_board(name, by=jobs.user(request)))
+        guarded(lambda: gallery.add_to_board(name, [record.id]))
+        gr.Info(f"Added #{record.id} to board '{name}'.")
+        return view(gallery.get(record.id))
+
+    def ask_delete(record_id: float | None) -> Any:
+        record = load(record_id)
+        return gr.update(value=f"Yes, delete #{record.id} and its files", visible=True)
+
+    def delete(record_id: float | None, request: gr.Request) -> tuple:
+        record = load(record_id)
+        # With no accounts the studio is single-user: that user may delete anything.
+        is_admin = jobs.is_admin(request)
+        guarded(lambda: gallery.delete(record.id, by=jobs.user(request), is_admin=is_admin))
+        gr.Info(f"Deleted record #{record.id} and its files.")
+        return (None, None, [], gr.update(value=[], visible=False), "", "", None, f"Record #{record.id} deleted.", "",
+                gr.update(value=None, interactive=False))
 
     def rerun(record_id: float | None, request: gr.Request, progress=gr.Progress()) -> tuple:
-        if record_id is None:
-            raise gr.Error("Pick a record in the gallery first.")
-        try:
-            outcome = jobs.rerun(
-                int(record_id),
-                request=request,
-                progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"),
-            )
-        except RecordNotFound as error:
-            raise gr.Error(str(error)) from None
+        return _run_again(record_id, request, progress)
+
+    def variations(record_id: float | None, count: float, request: gr.Request, progress=gr.Progress()) -> tuple:
+        return _run_again(record_id, request, progress, seed=random_seed(), batch_size=int(count))
+
+    def _run_again(record_id, request, progress, **changes) -> tuple:
+        parent = load(record_id)
+        outcome = jobs.rerun(
+            parent.id,
+            request=request,
+            progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"),
+            **changes,
+        )
         record = outcome.record
-        if outcome.identical:
-            verdict = f"✅ **identical** to #{outcome.parent.id}: every image has the same sha256."
-        elif record.status != "succeeded":
-            verdict = f"Rerun #{record.id} {record.status}."
+        if record.status != "succeeded":
+            verdict = f"Run #{record.id} {record.status}."
+        elif changes:
+            verdict = f"New seeds: record #{record.id}, a child of #{parent.id}."
+        elif outcome.identical:
+            verdict = f"✅ **identical** to #{parent.id}: every image has the same sha256."
         else:
-            reasons = "; ".join(outcome.differences) or "same environment, so the pixels themselves changed"
-            verdict = f"⚠️ **different** from #{outcome.parent.id}: {reasons}."
-        image = str(gallery.path(record.outputs[0].path)) if record.outputs else None
-        return record.id, image, describe(record), record.params, verdict
+            reasons = "; ".join(outcome.differences) or "the same environment, yet the pixels changed"
+            verdict = f"⚠️ **different** from #{parent.id}: {reasons}."
+        return view(record, verdict)
+
+    def export(board: str | None, ids: list[int]) -> str:
+        """The chosen board, or else the records on this page, as a ZIP to download."""
+        folder = jobs.studio.settings.data_dir / "exports"
+        folder.mkdir(exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        try:
+            if board and board != ANY:
+                safe = re.sub(r"[^A-Za-z0-9._-]+", "-", board).strip("-") or "board"
+                exported = export_board(gallery, board, folder / f"{safe}-{stamp}.zip")
+            elif ids:
+                exported = export_zip(gallery, ids, folder / f"page-{stamp}.zip")
+            else:
+                raise gr.Error("Nothing to export: choose a board or search for some images first.")
+        except (StorageError, ValueError) as error:
+            raise gr.Error(str(error)) from None
+        return str(exported.path)
 
     # -- layout -----------------------------------------------------------
 
     with gr.Row():
+        search_text = gr.Textbox(label="Search prompts", placeholder="red circle", scale=4)
+        scope = gr.Radio(["everyone", "mine"], value="everyone", label="Whose", scale=2)
+        task = gr.Dropdown(TASKS, value=ANY, label="Task", scale=1)
+        review = gr.Dropdown(REVIEWS, value=ANY, label="Review", scale=1)
+        starred = gr.Checkbox(label="Starred only", scale=1)
+        tag_filter = gr.Textbox(label="Tag", scale=1)
+        board_filter = gr.Dropdown([ANY], value=ANY, label="Board", allow_custom_value=True, scale=1)
+    with gr.Accordion("More filters", open=False):
+        with gr.Row():
+            who = gr.Textbox(label="Made by", placeholder="a user name")
+            model_filter = gr.Textbox(label="Model", placeholder="embedded")
+            since = gr.Textbox(label="From", placeholder="2026-11-01")
+            until = gr.Textbox(label="To", placeholder="2026-11-30")
+    with gr.Row():
+        search_button = gr.Button("Search", variant="primary", size="sm")
         refresh_button = gr.Button("↻ Newest", size="sm")
         newer_button = gr.Button("◀ Newer", size="sm")
         older_button = gr.Button("Older ▶", size="sm")
         page_info = gr.Markdown()
-    grid = gr.Gallery(label="Gallery", columns=6, height=360, allow_preview=False, object_fit="cover")
+        export_button = gr.Button("Export board or page as ZIP", size="sm")
+        export_file = gr.DownloadButton("⬇ ZIP", value=None, size="sm")
+    grid = gr.Gallery(label="Gallery", columns=8, height=330, allow_preview=False, object_fit="cover",
+                      fit_columns=False, elem_id="gallery-grid")
     with gr.Row():
         with gr.Column(scale=4):
-            image = gr.Image(label="Image", type="filepath", format="png", interactive=False, height=360)
+            image = gr.Image(label="Image", type="filepath", format="png", interactive=False, height=320)
+            outputs = gr.Gallery(label="All images of this record", columns=4, height=120, format="png",
+                                 fit_columns=False)
+            inputs = gr.Gallery(label="Inputs", columns=4, height=120, visible=False)
         with gr.Column(scale=5):
-            record_id = gr.Number(label="Record id", precision=0, minimum=1)
             with gr.Row():
-                open_button = gr.Button("Open", size="sm")
-                rerun_button = gr.Button("Rerun", variant="primary")
+                record_id = gr.Number(label="Record id", value=None, precision=0, scale=1)
+                open_button = gr.Button("Open", size="sm", scale=1)
+                download = gr.DownloadButton("⬇ PNG", value=None, interactive=False, size="sm", scale=1)
+            with gr.Row():
+                rerun_button = gr.Button("Rerun exactly", variant="primary")
+                variation_count = gr.Slider(1, 8, value=4, step=1, label="New seeds", scale=1)
+                variations_button = gr.Button("New seeds")
+                send_button = gr.Button("Send to Text to image")
             verdict = gr.Markdown()
             description = gr.Markdown()
+            family = gr.Markdown()
+            with gr.Accordion("Review", open=True):
+                with gr.Row():
+                    star_button = gr.Button("⭐ Star / unstar", size="sm")
+                    approve_button = gr.Button("Approve", size="sm")
+                    reject_button = gr.Button("Reject", size="sm")
+                    clear_button = gr.Button("Clear review", size="sm")
+                note = gr.Textbox(label="Review note", lines=1)
+                with gr.Row():
+                    tags = gr.Textbox(label="Add tags (comma separated)", scale=3)
+                    tag_button = gr.Button("Add tags", size="sm", scale=1)
+                with gr.Row():
+                    board_name = gr.Dropdown([], value=None, allow_custom_value=True, label="Board", scale=3)
+                    board_button = gr.Button("Add to board", size="sm", scale=1)
+                with gr.Row():
+                    delete_button = gr.Button("🗑 Delete record…", variant="stop", size="sm")
+                    confirm_delete = gr.Button("Yes, delete", variant="stop", size="sm", visible=False)
             params = gr.JSON(label="Parameters")
-    cursors = gr.State([])
+    chosen = gr.State({"status": "succeeded"})
+    cursors = gr.State([None])
+    next_cursor = gr.State(None)
     ids = gr.State([])
 
     # -- events -----------------------------------------------------------
 
     shown = [grid, ids, page_info]
-    record_view = [record_id, image, description, params, verdict]
-    refresh_button.click(newest, outputs=[*shown, cursors], api_name="gallery_page", queue=False)
-    older_button.click(older, inputs=[cursors, ids], outputs=[*shown, cursors], queue=False, api_visibility="private")
-    newer_button.click(newer, inputs=cursors, outputs=[*shown, cursors], queue=False, api_visibility="private")
+    record_view = [record_id, image, outputs, inputs, description, family, params, verdict, note, download]
+    refresh = [*shown, chosen, cursors, next_cursor, board_filter, board_name]
+    filter_inputs = [search_text, scope, who, model_filter, task, review, starred, tag_filter, board_filter, since, until]
+    gr.on([search_button.click, search_text.submit], search, inputs=filter_inputs,
+          outputs=[*shown, chosen, cursors, next_cursor], api_name="gallery_search", queue=False)
+    refresh_button.click(newest, outputs=refresh,
+                         api_name="gallery_page", queue=False)
+    older_button.click(older, inputs=[chosen, cursors, next_cursor], outputs=[*shown, cursors, next_cursor],
+                       queue=False, api_visibility="private")
+    newer_button.click(newer, inputs=[chosen, cursors], outputs=[*shown, cursors, next_cursor], queue=False,
+                       api_visibility="private")
+    export_button.click(export, inputs=[board_filter, ids], outputs=export_file, api_name="export", queue=False)
     grid.select(select, inputs=ids, outputs=record_view, queue=False, api_visibility="private")
-    open_button.click(open_record, inputs=record_id, outputs=record_view, api_name="gallery_record", queue=False)
-    rerun_button.click(
-        rerun,
-        inputs=record_id,
-        outputs=record_view,
-        api_name="rerun",
-        concurrency_id="gpu",
-        concurrency_limit=jobs.studio.settings.gpu_workers,
-    ).success(newest, outputs=[*shown, cursors], queue=False, api_visibility="private")
-    return {"refresh": newest, "outputs": [*shown, cursors]}
+    gr.on([open_button.click, record_id.submit], open_record, inputs=record_id, outputs=record_view,
+          api_name="gallery_record", queue=False)
+    star_button.click(star, inputs=record_id, outputs=record_view, api_name="star", queue=False)
+    approve_button.click(set_review("approved"), inputs=[record_id, note], outputs=record_view,
+                         api_name="approve", queue=False)
+    reject_button.click(set_review("rejected"), inputs=[record_id, note], outputs=record_view,
+                        api_name="reject", queue=False)
+    clear_button.click(set_review("none"), inputs=[record_id, note], outputs=record_view, queue=False,
+                       api_visibility="private")
+    gr.on([tag_button.click, tags.submit], tag, inputs=[record_id, tags], outputs=record_view, api_name="tag",
+          queue=False)
+    board_button.click(to_board, inputs=[record_id, board_name], outputs=record_view, api_name="add_to_board",
+                       queue=False).success(newest, outputs=refresh, queue=False, api_visibility="private")
+    # Two presses: the first only shows the confirm button.
+    delete_button.click(ask_delete, inputs=record_id, outputs=confirm_delete, queue=False, api_visibility="private")
+    confirm_delete.click(delete, inputs=record_id, outputs=record_view, api_name="delete", queue=False).then(
+        lambda: gr.update(visible=False), outputs=confirm_delete, queue=False, api_visibility="private"
+    ).success(newest, outputs=refresh, queue=False,
+              api_visibility="private")
+    record_id.change(lambda: gr.update(visible=False), outputs=confirm_delete, queue=False, api_visibility="private")
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": jobs.studio.settings.gpu_workers}
+    rerun_event = rerun_button.click(rerun, inputs=record_id, outputs=record_view, api_name="rerun", **gpu)
+    variations_event = variations_button.click(variations, inputs=[record_id, variation_count], outputs=record_view,
+                                               api_name="variations", **gpu)
+    for event in (rerun_event, variations_event):
+        event.success(newest, outputs=refresh, queue=False, api_visibility="private")
+    return {"refresh": newest, "outputs": refresh, "send_button": send_button, "record_id": record_id, "load": load}

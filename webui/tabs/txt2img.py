@@ -17,6 +17,7 @@ from pipelines.requests import (
     random_seed,
 )
 from pipelines.samplers import SAMPLER_NAMES
+from webui.imports import MetadataError, import_png
 from webui.jobs import Jobs
 from webui.settings import model_defaults
 
@@ -35,6 +36,11 @@ def record_details(record, gallery) -> dict[str, Any]:
         "params": record.params,
         "images": [{"sha256": i.sha256, "seed": i.seed, "file": i.path} for i in record.outputs],
     }
+
+
+# The request fields this tab shows, in the order of its widgets.
+FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidance_scale", "width", "height", "seed",
+          "batch_size")
 
 
 def build(jobs: Jobs) -> dict[str, gr.components.Component]:
@@ -74,6 +80,21 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
         seconds = record.timings.get("total_ms", 0) / 1000
         return paths, record_summary(record, seconds=seconds), record_details(record, studio.gallery), text2img.seed
 
+    def import_parameters(path: str | None) -> list:
+        """Fill every field from a PNG's metadata (Atelier, AUTOMATIC1111, ComfyUI, InvokeAI)."""
+        if path is None:
+            return [gr.update()] * (len(FIELDS) + 1)
+        try:
+            imported = import_png(path)
+        except MetadataError as error:
+            raise gr.Error(str(error)) from None
+        read = imported.request
+        message = f"Read **{imported.source}** parameters; seed {read.seed}."
+        if imported.unmapped:
+            listed = "; ".join(f"{key}: `{value[:80]}`" for key, value in imported.unmapped.items())
+            message += f" Not used (no equivalent here): {listed}"
+        return [getattr(read, name) for name in FIELDS] + [message]
+
     # -- layout -----------------------------------------------------------
 
     with gr.Row():
@@ -89,6 +110,10 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
                 width = gr.Slider(MIN_SIZE, MAX_SIZE, value=defaults["width"], step=8, label="Width")
                 height = gr.Slider(MIN_SIZE, MAX_SIZE, value=defaults["height"], step=8, label="Height")
                 batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
+            with gr.Accordion("Import a PNG's parameters", open=False):
+                dropped = gr.File(label="PNG from Atelier, AUTOMATIC1111, ComfyUI or InvokeAI", file_types=[".png"],
+                                  type="filepath")
+                import_summary = gr.Markdown()
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
@@ -118,4 +143,7 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
     random_button.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     reuse_button.click(lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False,
                        api_visibility="private")
-    return {"generated": generated, "images": images}
+    fields = dict(zip(FIELDS, (prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size)))
+    dropped.upload(import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary],
+                   api_name="import_png", queue=False)
+    return {"generated": generated, "fields": fields}
