@@ -61,14 +61,28 @@ def test_review_search_and_variations_over_the_api(launched):
     # Search by a prompt word, with filters, finds it; another word does not.
     items, info = client.predict(
         "triangle orange", "everyone", "", "embedded", "any", "approved", True, "hero", "Spring campaign", "", "",
-        api_name="/gallery_search",
+        "succeeded", api_name="/gallery_search",
     )
     assert [item["caption"] for item in items] == [f"#{record_id} · a green triangle on an orange background"]
     assert "1–1 of 1" in info
     _, info = client.predict(
-        "zebra", "everyone", "", "", "any", "any", False, "", "any", "", "", api_name="/gallery_search"
+        "zebra", "everyone", "", "", "any", "any", False, "", "any", "", "", "succeeded", api_name="/gallery_search"
     )
     assert "of 0" in info
+
+    # A cancelled generation has no image, yet the status filter finds it (with a placeholder tile).
+    from pipelines.engine import CancelToken
+    from pipelines.requests import Text2ImgRequest
+
+    token = CancelToken()
+    token.cancel()
+    cancelled = studio.submit(Text2ImgRequest(prompt="a cancelled purple circle", width=64, height=64), user="ada",
+                              cancel=token)
+    items, info = client.predict(
+        "cancelled purple", "everyone", "", "", "any", "any", False, "", "any", "", "", "cancelled",
+        api_name="/gallery_search",
+    )
+    assert [item["caption"] for item in items] == [f"#{cancelled.id} · a cancelled purple circle"]
 
     # New seeds: one child record with three new images.
     child_id, *_, verdict, _, _ = client.predict(record_id, 3, api_name="/variations")

@@ -24,6 +24,7 @@ PAGE_SIZE = 24
 ANY = "any"
 TASKS = (ANY, "txt2img")
 REVIEWS = (ANY, "none", "approved", "rejected")
+STATUSES = ("succeeded", "failed", "cancelled", "running", ANY)
 REVIEW_BADGES = {"approved": "✅ approved", "rejected": "⛔ rejected", "none": "not reviewed"}
 
 
@@ -81,7 +82,19 @@ def build(jobs: Jobs) -> dict[str, Any]:
             raise gr.Error(f"{field} must be a date like 2026-11-27; got {text!r}.") from None
         return start + dt.timedelta(days=1) if end else start
 
-    def filters(text, scope, who, model, task, review, starred, tag, board, since, until,
+    def placeholder(status: str) -> str:
+        """A tile for a generation with no image (failed, cancelled, running), made once."""
+        path = jobs.studio.settings.data_dir / "placeholders" / f"{status}.png"
+        if not path.is_file():
+            from PIL import Image, ImageDraw
+
+            path.parent.mkdir(exist_ok=True)
+            tile = Image.new("RGB", (128, 128), (225, 225, 225))
+            ImageDraw.Draw(tile).text((12, 56), status, fill=(90, 90, 90))
+            tile.save(path)
+        return str(path)
+
+    def filters(text, scope, who, model, task, review, starred, tag, board, since, until, status,
                 request: gr.Request) -> dict[str, Any]:
         # An untouched textbox can arrive as None.
         text, who, model, tag = ((value or "").strip() for value in (text, who, model, tag))
@@ -96,7 +109,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
             "starred": True if starred else None,
             "tag": tag or None,
             "board": None if board in (None, ANY) else board,
-            "status": "succeeded",
+            "status": None if status == ANY else status,
         }
 
     def page(chosen: dict[str, Any], cursors: list[str | None]) -> tuple:
@@ -106,15 +119,18 @@ def build(jobs: Jobs) -> dict[str, Any]:
             total = gallery.count(**chosen)
         except StorageError as error:
             raise gr.Error(str(error)) from None
-        records = [record for record in result.records if record.outputs]
-        items = [(str(gallery.path(r.outputs[0].thumb_path)), f"#{r.id} · {r.prompt[:60]}") for r in records]
+        records = list(result.records)
+        items = [
+            (str(gallery.path(r.outputs[0].thumb_path)) if r.outputs else placeholder(r.status), f"#{r.id} · {r.prompt[:60]}")
+            for r in records
+        ]
         first = (len(cursors) - 1) * PAGE_SIZE
         info = f"{first + 1 if records else 0}–{first + len(records)} of {total}"
         return items, [r.id for r in records], info, result.next_cursor
 
-    def search(text, scope, who, model, task, review, starred, tag, board, since, until,
+    def search(text, scope, who, model, task, review, starred, tag, board, since, until, status,
                request: gr.Request) -> tuple:
-        chosen = filters(text, scope, who, model, task, review, starred, tag, board, since, until, request)
+        chosen = filters(text, scope, who, model, task, review, starred, tag, board, since, until, status, request)
         items, ids, info, next_cursor = page(chosen, [None])
         return items, ids, info, chosen, [None], next_cursor
 
@@ -280,6 +296,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
             model_filter = gr.Textbox(label="Model", placeholder="embedded")
             since = gr.Textbox(label="From", placeholder="2026-11-01")
             until = gr.Textbox(label="To", placeholder="2026-11-30")
+            status = gr.Dropdown(STATUSES, value="succeeded", label="Status")
     with gr.Row():
         search_button = gr.Button("Search", variant="primary", size="sm")
         refresh_button = gr.Button("↻ Newest", size="sm")
@@ -336,7 +353,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
     shown = [grid, ids, page_info]
     record_view = [record_id, image, outputs, inputs, description, family, params, verdict, note, download]
     refresh = [*shown, chosen, cursors, next_cursor, board_filter, board_name]
-    filter_inputs = [search_text, scope, who, model_filter, task, review, starred, tag_filter, board_filter, since, until]
+    filter_inputs = [search_text, scope, who, model_filter, task, review, starred, tag_filter, board_filter, since, until, status]
     gr.on([search_button.click, search_text.submit], search, inputs=filter_inputs,
           outputs=[*shown, chosen, cursors, next_cursor], api_name="gallery_search", queue=False)
     refresh_button.click(newest, outputs=refresh,
