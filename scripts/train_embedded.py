@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.embedded import FOLDER, SCHEDULER_CONFIG, build_components  # noqa: E402
+from pipelines.embedded import FOLDER, SCHEDULER_CONFIG, build_components, defaults  # noqa: E402
 from pipelines.embedded.world import caption, render, sample_scene  # noqa: E402
 
 WORK = Path(os.environ.get("ATELIER_TRAIN_DIR", Path(__file__).resolve().parents[1] / ".train"))
@@ -244,11 +244,7 @@ def _read_state() -> dict:
 def _write_state(training: dict) -> None:
     path = FOLDER / "atelier.json"
     card = json.loads(path.read_text()) if path.is_file() else {}
-    card.setdefault(
-        "defaults",
-        {"width": 64, "height": 64, "num_inference_steps": 20, "guidance_scale": 5.0, "sampler": "DPM++ 2M",
-         "prompt": "a red circle on a blue background"},
-    )
+    card.setdefault("defaults", defaults())
     card["training"] = training
     FOLDER.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(card, indent=2) + "\n")
