@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 FOLDER = Path(__file__).resolve().parent / "model"
+# A ControlNet trained on Canny edges of the same world (the studio's Canny defaults, 100 and 200).
+CONTROLNET_FOLDER = Path(__file__).resolve().parent / "controlnet-canny"
 
 # The words of the world (most are one token; see make_tokenizer); anything else is spelled in bytes.
 WORDS = (
