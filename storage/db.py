@@ -10,6 +10,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Any fixed number: the key of the PostgreSQL advisory lock that migrations hold.
+_MIGRATION_LOCK = 0x61_74_65_6C  # "atel"
 
 
 def make_engine(url: str) -> Engine:
@@ -39,13 +41,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def upgrade(engine: Engine, *, revision: str = "head") -> None:
     """Migrate the database to `revision` (the newest by default); a no-op when it is already there."""
     with engine.begin() as connection:
+        _one_at_a_time(connection)
         command.upgrade(_config(connection), revision)
 
 
 def downgrade(engine: Engine, *, revision: str) -> None:
     """Migrate the database back to `revision`."""
     with engine.begin() as connection:
+        _one_at_a_time(connection)
         command.downgrade(_config(connection), revision)
+
+
+def _one_at_a_time(connection: Connection) -> None:
+    """Make the migration one transaction that a second process starting at the same time waits for.
+
+    Both then read the revision after the first has committed, so the second
+    finds nothing to do instead of failing halfway through the same steps.
+    """
+    if connection.dialect.name == "sqlite":
+        # Python's sqlite3 opens a transaction only before INSERT, UPDATE or
+        # DELETE, so without this each ALTER TABLE would commit on its own and
+        # a crash could leave a revision half done. IMMEDIATE takes the write
+        # lock now (waiting out busy_timeout), not at the first write.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        # DDL is transactional already; this lock (released at commit) orders two migrators.
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
 
 
 def _config(connection: Connection) -> Config:

@@ -6,8 +6,8 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage import search
+from storage import queue, search
 from storage.db import make_engine, upgrade
 from storage.files import PNG_MODES, FileStore, StagedImage
 from storage.models import REVIEWS, ROLES, Base, Board, BoardItem, Generation, Image, Tag, utcnow
@@ -28,6 +28,7 @@ from storage.records import (
     GenerationRecord,
     ImageInput,
     ImageRecord,
+    LeaseLost,
     NewGeneration,
     NotAllowed,
     Page,
@@ -37,11 +38,16 @@ from storage.records import (
 
 log = logging.getLogger(__name__)
 
+# What _write_with_files hands its writer: stage(generation_id, image, position=, text=) -> the image's row.
+_Stage = Callable[..., Image]
+
 _MAX_SEED = 2**63 - 1  # BIGINT is signed
 _MAX_LIST = 1000
 _MAX_BOARD_NAME = 100
 _MAX_NOTE = 10_000
 _END_STATUSES = ("failed", "cancelled")
+_REQUEUE_STATUSES = ("interrupted", "failed", "cancelled")
+_LIVE_STATUSES = ("queued", "running")
 
 
 class Gallery:
@@ -51,9 +57,28 @@ class Gallery:
     a team, with images on a shared folder) works the same. Full-text search
     and review state use features of those two (migration 0002), so other
     SQLAlchemy backends are not supported.
+
+    Generations are also the jobs of the studio's queue (storage/queue.py says
+    who goes next and when a job counts as gone): `enqueue` records one as
+    "queued", `claim_next` hands the next one to a worker as "running", and
+    `finish` or `fail` end it. `start` records one that runs at once, without
+    waiting its turn. A running job holds a lease of `lease_seconds`, which
+    this object renews on a thread for as long as the process lives; every
+    reader first marks the jobs whose lease ran out "interrupted". `clock`
+    tells the time for leases and queue timestamps; tests move it.
     """
 
-    def __init__(self, *, url: str, data_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        data_dir: Path,
+        lease_seconds: float = queue.LEASE_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.lease_seconds = queue.check_lease(lease_seconds)
+        self.worker = queue.worker_id()  # the lease owner of the jobs this object starts
+        self._clock = clock
         self.data_dir = Path(data_dir).resolve()
         self._files = FileStore(self.data_dir)
         self._engine = make_engine(url)
@@ -62,6 +87,7 @@ class Gallery:
         # identical bytes never write the same pending name at once (the file
         # lock in FileStore.landing is shared, so it does not exclude threads).
         self._landing = threading.Lock()
+        self._leases = queue.LeaseKeeper(self._renew)
         self._recover()
 
     def __enter__(self) -> Gallery:
@@ -71,41 +97,238 @@ class Gallery:
         self.close()
 
     def close(self) -> None:
+        """Stop renewing leases (a job still running here is interrupted one lease later) and disconnect."""
+        self._leases.close()
         self._engine.dispose()
 
     def start(self, new: NewGeneration) -> GenerationRecord:
-        """Record a generation that is about to run, with status "running"."""
-        if not new.user:
-            raise StorageError("user must not be empty.")
-        _check_seed(new.seed, field="seed")
-        params = _json_object(new.params, field="params")
+        """Record a generation that is about to run, with status "running", under this gallery's lease."""
+        params = _check_new(new)
+        now = self._now()
+        lease_expires_at = now + timedelta(seconds=self.lease_seconds)
         with Session(self._engine) as session, session.begin():
-            if new.parent_id is not None and session.get(Generation, new.parent_id) is None:
-                raise RecordNotFound(f"Parent generation {new.parent_id} does not exist.")
-            row = Generation(
-                created_at=utcnow(),
-                user=new.user,
-                task=new.task,
-                model=new.model,
-                model_revision=new.model_revision,
-                params=params,
-                prompt=new.prompt,
-                negative_prompt=new.negative_prompt,
-                seed=new.seed,
-                sampler=new.sampler,
-                num_inference_steps=new.num_inference_steps,
-                guidance_scale=new.guidance_scale,
-                width=new.width,
-                height=new.height,
-                batch_size=new.batch_size,
-                status="running",
-                timings={},
-                environment={},
-                parent_id=new.parent_id,
+            _check_parent(session, new.parent_id)
+            row = _generation_row(
+                new, params, created_at=now, started_at=now, lease_owner=self.worker, lease_expires_at=lease_expires_at
             )
             session.add(row)
             session.flush()
-            return _record(row)
+            record = _record(row)
+        self._leases.hold(record.id, worker=self.worker, lease_seconds=self.lease_seconds)
+        return record
+
+    def enqueue(self, new: NewGeneration, *, inputs: Sequence[ImageInput] = ()) -> GenerationRecord:
+        """Record a generation that waits its turn, with status "queued"; nothing runs yet.
+
+        `inputs` are the images the job will read (roles input, mask,
+        control); they are stored now, with the row, so a worker in any
+        process finds them in the record and the job survives a restart.
+        """
+        # 1. Check every input before anything is written.
+        params = _check_new(new)
+        _check_images(inputs)
+        for number, item in enumerate(inputs, start=1):
+            if item.role == "output":
+                raise StorageError(
+                    f"Image {number} is an output; a queued job takes only input, mask or control images."
+                )
+        now = self._now()
+
+        # 2. The row and its input images land together. The files are staged
+        #    before the first write, so SQLite's write lock is not held while
+        #    images are encoded; the rows get the new id from the relationship.
+        def write(session: Session, stage: _Stage) -> GenerationRecord:
+            _check_parent(session, new.parent_id)
+            rows = []
+            positions: Counter[str] = Counter()
+            for item in inputs:
+                rows.append(stage(None, item, position=positions[item.role], text=None))
+                positions[item.role] += 1
+            row = _generation_row(new, params, status="queued", created_at=now, images=rows)
+            session.add(row)
+            session.flush()
+            return self._load(session, row.id)
+
+        return self._write_with_files(write)
+
+    def claim_next(self, *, worker: str | None = None, lease_seconds: float | None = None) -> GenerationRecord | None:
+        """Take the queued job whose turn it is (storage/queue.py) and mark it "running"; None when none waits.
+
+        The lease goes to `worker` (this gallery's own id by default) for
+        `lease_seconds` (this gallery's by default), and this gallery renews
+        it until `finish` or `fail`. Two workers claiming at once, in any
+        processes, never get the same job.
+        """
+        worker = self.worker if worker is None else search.check_text(worker, field="worker")
+        lease = self.lease_seconds if lease_seconds is None else queue.check_lease(lease_seconds)
+        while True:
+            now = self._now()
+            with Session(self._engine) as session, session.begin():
+                head = session.scalar(queue.next_job())
+                if head is None:
+                    return None
+                # Compare and set: of two workers that chose the same job, one wins
+                # and the other looks again (each miss means a job went to someone).
+                result = session.execute(
+                    update(Generation)
+                    .where(Generation.id == head, Generation.status == "queued")
+                    .values(
+                        status="running",
+                        started_at=now,
+                        lease_owner=worker,
+                        lease_expires_at=now + timedelta(seconds=lease),
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                record = self._load(session, head)
+            self._leases.hold(record.id, worker=worker, lease_seconds=lease)
+            return record
+
+    def heartbeat(self, generation_id: int, *, worker: str, lease_seconds: float | None = None) -> datetime:
+        """Extend a running job's lease to `lease_seconds` from now; returns the new deadline.
+
+        Raises LeaseLost when the job is not running under `worker`'s lease
+        any more (its lease ran out and it was marked interrupted, or it
+        ended). This gallery already renews the leases it hands out; call
+        this for a lease it does not keep.
+        """
+        search.check_text(worker, field="worker")
+        lease = self.lease_seconds if lease_seconds is None else queue.check_lease(lease_seconds)
+        self.expire_leases()
+        now = self._now()
+        deadline = now + timedelta(seconds=lease)
+        with Session(self._engine) as session, session.begin():
+            result = session.execute(
+                update(Generation)
+                .where(Generation.id == generation_id, queue.lease_held(worker, now))
+                .values(lease_expires_at=deadline)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise self._lost(session, generation_id, worker=worker)
+        return deadline
+
+    def expire_leases(self, now: datetime | None = None) -> list[int]:
+        """Mark running jobs whose lease expired at or before `now` (the clock's time) "interrupted"; their ids.
+
+        Every reader calls this first, so no reader ever shows a job as
+        running after its lease ran out. `finished_at` becomes the lease's
+        deadline, the last moment the job was known to be alive or not.
+        """
+        if now is None:
+            now = self._now()
+        elif now.tzinfo is None:
+            raise StorageError("now must be timezone-aware.")
+        with Session(self._engine) as session, session.begin():
+            # A read first: on SQLite an UPDATE takes the write lock even when it changes nothing.
+            if session.scalar(select(Generation.id).where(queue.lease_ran_out(now)).limit(1)) is None:
+                return []
+            ended = session.scalars(
+                update(Generation)
+                .where(queue.lease_ran_out(now))
+                .values(status="interrupted", finished_at=Generation.lease_expires_at, error=queue.INTERRUPTED)
+                .returning(Generation.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        for generation_id in ended:
+            self._leases.release(generation_id)
+        if ended:
+            log.info("Marked generations %s interrupted: their leases ran out.", ", ".join(map(str, sorted(ended))))
+        return sorted(ended)
+
+    def requeue(self, generation_id: int, *, by: str, is_admin: bool) -> GenerationRecord:
+        """Queue an interrupted, failed or cancelled job again, as a new job whose parent it is.
+
+        The new job has the same owner, request and input images (the same
+        files); the old one stays as it ended, so the history says what
+        happened. Only the owner or an admin may; a job that is already queued
+        or running again (a child of it is) is not queued a second time.
+        """
+        search.check_text(by, field="by")
+        search.check_flag(is_admin, field="is_admin")
+        self.expire_leases()
+        now = self._now()
+        # Under the landing lock: the copied image rows name files that a
+        # concurrent delete of the old job must not remove (files.py).
+        with self._landing, self._files.landing(), Session(self._engine) as session, session.begin():
+            # 1. Check; nothing is written for a refused request.
+            old = session.get(Generation, generation_id)
+            if old is None:
+                raise RecordNotFound(f"Generation {generation_id} does not exist.")
+            if old.user != by and not is_admin:
+                raise NotAllowed(f"Only {old.user} or an admin may requeue generation {generation_id}.")
+            if old.status not in _REQUEUE_STATUSES:
+                raise StorageError(
+                    f"Generation {generation_id} is {old.status}; only an interrupted, failed or cancelled one "
+                    "can be requeued."
+                )
+            again = session.scalar(
+                select(Generation.id)
+                .where(Generation.parent_id == generation_id, Generation.status.in_(("queued", "running")))
+                .limit(1)
+            )
+            if again is not None:
+                raise StorageError(f"Generation {generation_id} is already queued again as generation {again}.")
+            # 2. The new job, and rows for the images it reads.
+            row = _generation_row(_new_from(old, parent_id=generation_id), old.params, status="queued", created_at=now)
+            session.add(row)
+            session.flush()
+            inputs = session.scalars(
+                select(Image).where(Image.generation_id == generation_id, Image.role != "output").order_by(Image.id)
+            ).all()
+            session.add_all(_copy_image(image, generation_id=row.id, created_at=now) for image in inputs)
+            session.flush()
+            return self._load(session, row.id)
+
+    def cancel(self, generation_id: int, *, by: str, is_admin: bool) -> GenerationRecord:
+        """Cancel a queued job before it starts; only its owner or an admin may.
+
+        A running job is stopped by the process that runs it (its engine's
+        cancel token, then `fail(status="cancelled")`); this refuses it.
+        """
+        search.check_text(by, field="by")
+        search.check_flag(is_admin, field="is_admin")
+        with Session(self._engine) as session, session.begin():
+            row = session.get(Generation, generation_id)
+            if row is None:
+                raise RecordNotFound(f"Generation {generation_id} does not exist.")
+            if row.user != by and not is_admin:
+                raise NotAllowed(f"Only {row.user} or an admin may cancel generation {generation_id}.")
+            if row.status != "queued":
+                raise StorageError(
+                    f"Generation {generation_id} is {row.status}; only a queued one can be cancelled here."
+                )
+            result = session.execute(
+                update(Generation)
+                .where(Generation.id == generation_id, Generation.status == "queued")
+                .values(status="cancelled", finished_at=self._now())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise StorageError(f"Generation {generation_id} started running before it could be cancelled.")
+            return self._load(session, generation_id)
+
+    def queue_position(self, generation_id: int) -> int:
+        """A queued job's place in the claim order as the queue stands now: 1 is next.
+
+        The place can move back as well as forward: a job queued later by a
+        user whose turn comes first goes ahead of it (storage/queue.py).
+        """
+        with Session(self._engine) as session, session.begin():
+            status = session.scalar(select(Generation.status).where(Generation.id == generation_id))
+            if status is None:
+                raise RecordNotFound(f"Generation {generation_id} does not exist.")
+            if status != "queued":
+                raise StorageError(f"Generation {generation_id} is {status}, not queued.")
+            return _claim_order(session).index(generation_id) + 1
+
+    def queued(self, *, limit: int = 50) -> list[GenerationRecord]:
+        """The queued jobs in the order workers will take them, if nothing else changes; the first `limit`."""
+        _check_limit(limit)
+        with Session(self._engine) as session, session.begin():
+            return self._records(session, _in_order(session, _claim_order(session)[:limit]))
 
     def finish(
         self,
@@ -115,69 +338,30 @@ class Gallery:
         environment: Mapping[str, Any],
         timings: Mapping[str, Any],
         duration_ms: int | None,
+        model_revision: str | None = None,
     ) -> GenerationRecord:
-        """Mark a running generation "succeeded" and land its images with their rows."""
-        # 1. Check every input before anything is written.
-        for number, item in enumerate(images, start=1):
-            if item.role not in ROLES:
-                raise StorageError(f"Image {number} has role {item.role!r}; allowed roles are {', '.join(ROLES)}.")
-            if item.image.mode not in PNG_MODES:
-                raise StorageError(
-                    f"Image {number} has mode {item.image.mode}, which PNG cannot hold; allowed modes are "
-                    f"{', '.join(PNG_MODES)}."
-                )
-            if item.role == "output" and item.seed is None:
-                raise StorageError(f"Output image {number} has no seed; every output needs the seed that made it.")
-            if item.seed is not None:
-                _check_seed(item.seed, field=f"Image {number} seed")
-        environment = _json_object(environment, field="environment")
-        timings = _json_object(timings, field="timings")
-        _check_duration(duration_ms)
+        """Mark a running generation "succeeded" and land its images with their rows.
 
-        staged: list[StagedImage] = []
-        committing = False
-        with self._landing, self._files.landing():
-            try:
-                with Session(self._engine) as session, session.begin():
-                    params = self._running(session, generation_id).params
-                    # 2. Write the files under pending names; nothing is visible yet.
-                    rows = []
-                    positions: Counter[str] = Counter()
-                    for item in images:
-                        text = None
-                        if item.role == "output" and item.seed is not None:  # every output has one, checked above
-                            text = png_text_chunks(params, seed=item.seed)
-                        stored = self._files.stage(item.image, text=text)
-                        staged.append(stored)
-                        rows.append(_image_row(generation_id, item, stored, position=positions[item.role]))
-                        positions[item.role] += 1
-                    # 3. Claim the generation and add the rows in one commit.
-                    self._claim(
-                        session,
-                        generation_id,
-                        status="succeeded",
-                        error=None,
-                        environment=environment,
-                        timings=timings,
-                        duration_ms=duration_ms,
-                    )
-                    session.add_all(rows)
-                    session.flush()
-                    record = self._load(session, generation_id)
-                    committing = True
-            except BaseException:
-                if committing:
-                    # The commit itself failed and may still have happened (a
-                    # dropped connection): recovery decides on the next open.
-                    log.warning("Commit of generation %s failed; its files wait in pending/.", generation_id)
-                else:
-                    for stored in staged:
-                        self._files.discard(stored)
-                raise
-            # 4. The rows are committed: the files may take their final names.
-            for stored in staged:
-                self._files.land(stored)
-        return record
+        Images of a role the job already has (a queued job's inputs) follow
+        them in position. `model_revision`, when given, is recorded: a queued
+        job learns it only when its worker loads the model. Raises LeaseLost,
+        storing nothing, when the job's lease ran out first (it is interrupted).
+        """
+        try:
+            return self._finish(
+                generation_id,
+                images=images,
+                environment=environment,
+                timings=timings,
+                duration_ms=duration_ms,
+                model_revision=model_revision,
+            )
+        finally:
+            # Whatever happened, that was the job's last word from this process,
+            # and its lease is no longer renewed: a job whose end could not be
+            # recorded (a full disk, say) is interrupted when the lease runs out,
+            # rather than shown running for as long as the process lives.
+            self._leases.release(generation_id)
 
     def fail(
         self,
@@ -188,16 +372,100 @@ class Gallery:
         environment: Mapping[str, Any],
         timings: Mapping[str, Any],
         duration_ms: int | None,
+        model_revision: str | None = None,
     ) -> GenerationRecord:
-        """Mark a running generation "failed" or "cancelled"; no image is stored."""
+        """Mark a running generation "failed" or "cancelled"; no image is stored.
+
+        `model_revision` as in `finish`. Raises LeaseLost when the job's lease
+        ran out first (it is interrupted).
+        """
+        try:
+            return self._fail(
+                generation_id,
+                status=status,
+                error=error,
+                environment=environment,
+                timings=timings,
+                duration_ms=duration_ms,
+                model_revision=model_revision,
+            )
+        finally:
+            self._leases.release(generation_id)  # the job's last word, as in finish
+
+    def _finish(
+        self,
+        generation_id: int,
+        *,
+        images: Sequence[ImageInput],
+        environment: Mapping[str, Any],
+        timings: Mapping[str, Any],
+        duration_ms: int | None,
+        model_revision: str | None = None,
+    ) -> GenerationRecord:
+        # 1. Check every input before anything is written.
+        _check_images(images)
+        for number, item in enumerate(images, start=1):
+            if item.role == "output" and item.seed is None:
+                raise StorageError(f"Output image {number} has no seed; every output needs the seed that made it.")
+        environment = _json_object(environment, field="environment")
+        timings = _json_object(timings, field="timings")
+        _check_duration(duration_ms)
+        if model_revision is not None:
+            search.check_text(model_revision, field="model_revision")
+        self.expire_leases()
+
+        def write(session: Session, stage: _Stage) -> GenerationRecord:
+            params = self._running(session, generation_id).params
+            # 2. Write the files under pending names; nothing is visible yet. Each
+            #    role's positions go on after the images the job has (a queued job's inputs).
+            have = select(Image.role, func.count()).where(Image.generation_id == generation_id).group_by(Image.role)
+            positions: Counter[str] = Counter(dict(session.execute(have).tuples().all()))
+            rows = []
+            for item in images:
+                text = None
+                if item.role == "output" and item.seed is not None:  # every output has one, checked above
+                    text = png_text_chunks(params, seed=item.seed)
+                rows.append(stage(generation_id, item, position=positions[item.role], text=text))
+                positions[item.role] += 1
+            # 3. End the generation and add the rows in one commit.
+            self._end(
+                session,
+                generation_id,
+                status="succeeded",
+                error=None,
+                environment=environment,
+                timings=timings,
+                duration_ms=duration_ms,
+                model_revision=model_revision,
+            )
+            session.add_all(rows)
+            session.flush()
+            return self._load(session, generation_id)
+
+        return self._write_with_files(write)
+
+    def _fail(
+        self,
+        generation_id: int,
+        *,
+        status: str,
+        error: str | None,
+        environment: Mapping[str, Any],
+        timings: Mapping[str, Any],
+        duration_ms: int | None,
+        model_revision: str | None = None,
+    ) -> GenerationRecord:
         if status not in _END_STATUSES:
             raise StorageError(f"status must be one of {', '.join(_END_STATUSES)}, not {status!r}.")
         environment = _json_object(environment, field="environment")
         timings = _json_object(timings, field="timings")
         _check_duration(duration_ms)
+        if model_revision is not None:
+            search.check_text(model_revision, field="model_revision")
+        self.expire_leases()
         with Session(self._engine) as session, session.begin():
             self._running(session, generation_id)
-            self._claim(
+            self._end(
                 session,
                 generation_id,
                 status=status,
@@ -205,10 +473,49 @@ class Gallery:
                 environment=environment,
                 timings=timings,
                 duration_ms=duration_ms,
+                model_revision=model_revision,
             )
             return self._load(session, generation_id)
 
+    def _write_with_files(self, write: Callable[[Session, _Stage], GenerationRecord]) -> GenerationRecord:
+        """Run `write` in one transaction, landing the files it stages after the commit (files.py).
+
+        `write` gets the session and `stage(generation_id, image, position=,
+        text=)`, which writes an image's files under pending names and returns
+        its row for `write` to add (with no generation_id yet: None). If anything fails before the commit, the
+        staged files are deleted; if the commit itself fails, recovery decides.
+        """
+        staged: list[StagedImage] = []
+
+        def stage(
+            generation_id: int | None, item: ImageInput, *, position: int, text: Mapping[str, str] | None
+        ) -> Image:
+            stored = self._files.stage(item.image, text=text)
+            staged.append(stored)
+            return _image_row(generation_id, item, stored, position=position)
+
+        committing = False
+        with self._landing, self._files.landing():
+            try:
+                with Session(self._engine) as session, session.begin():
+                    record = write(session, stage)
+                    committing = True
+            except BaseException:
+                if committing:
+                    # The commit itself failed and may still have happened (a
+                    # dropped connection): recovery decides on the next open.
+                    log.warning("A commit with %d staged images failed; their files wait in pending/.", len(staged))
+                else:
+                    for stored in staged:
+                        self._files.discard(stored)
+                raise
+            # The rows are committed: the files may take their final names.
+            for stored in staged:
+                self._files.land(stored)
+        return record
+
     def get(self, generation_id: int) -> GenerationRecord:
+        self.expire_leases()
         with Session(self._engine) as session, session.begin():
             return self._load(session, generation_id)
 
@@ -218,6 +525,7 @@ class Gallery:
         """Newest first, optionally only one status; pass a page's last id as `before_id` for the next."""
         _check_limit(limit)
         where = search.conditions(status=status)
+        self.expire_leases()
         with Session(self._engine) as session, session.begin():
             rows = session.scalars(_newest(where, before_id=before_id, limit=limit)).all()
             return self._records(session, rows)
@@ -266,6 +574,7 @@ class Gallery:
         )
         found = search.words(text)
         after = search.Cursor.decode(cursor, found)
+        self.expire_leases()
         with Session(self._engine) as session, session.begin():
             # 2. The ids of one row more than the page, to tell whether there is a next page.
             if not found:
@@ -332,6 +641,7 @@ class Gallery:
             created_to=created_to,
         )
         found = search.words(text)
+        self.expire_leases()
         with Session(self._engine) as session, session.begin():
             if found:
                 query = search.Ranked(session.get_bind().dialect.name, found, where).count()
@@ -341,6 +651,7 @@ class Gallery:
 
     def children(self, generation_id: int) -> list[GenerationRecord]:
         """The reruns and variations made from a generation (rows whose parent it is), oldest first."""
+        self.expire_leases()
         with Session(self._engine) as session, session.begin():
             self._exists(session, generation_id)
             query = select(Generation).where(Generation.parent_id == generation_id).order_by(Generation.id)
@@ -434,10 +745,11 @@ class Gallery:
         """Delete a generation, its images, tags and board places, and the files no other record shares.
 
         Only its owner (the `user` it was made for) or an admin may; a running
-        generation must end first. Returns the record as it was.
+        generation must end first, a queued one be cancelled. Returns the record as it was.
         """
         search.check_text(by, field="by")
         search.check_flag(is_admin, field="is_admin")
+        self.expire_leases()
         # Files go with rows in the landing protocol's way, reversed (files.py):
         # mark the files, commit the deletion, then unlink what no row names.
         with self._landing, self._files.removing():
@@ -446,12 +758,21 @@ class Gallery:
                 record = self._load(session, generation_id)
                 if record.user != by and not is_admin:
                     raise NotAllowed(f"Only {record.user} or an admin may delete generation {generation_id}.")
-                if record.status == "running":
-                    raise StorageError(f"Generation {generation_id} is still running; cancel it before deleting it.")
-                # 2. Mark its files, then delete the rows (cascading to images, tags, board items).
+                if record.status in _LIVE_STATUSES:
+                    raise StorageError(
+                        f"Generation {generation_id} is still {record.status}; cancel it before deleting it."
+                    )
+                # 2. Delete the rows (cascading to images, tags, board items) unless
+                #    a worker claimed the job meanwhile, then mark its files.
+                result = session.execute(
+                    delete(Generation)
+                    .where(Generation.id == generation_id, Generation.status.not_in(_LIVE_STATUSES))
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    raise StorageError(f"Generation {generation_id} started running; cancel it before deleting it.")
                 shas = {image.sha256 for image in record.images}
                 self._files.mark_for_removal(shas)
-                session.execute(delete(Generation).where(Generation.id == generation_id))
             # 3. Committed: remove the files that no other record shares.
             with Session(self._engine) as session, session.begin():
                 referenced = _referenced(session, shas)
@@ -473,27 +794,63 @@ class Gallery:
         elif any(outcome):
             log.info("Recovered pending files: %d landed, %d deleted.", *outcome)
 
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise StorageError("The gallery's clock must tell timezone-aware time.")
+        return now
+
+    def _renew(self, generation_id: int, worker: str, lease_seconds: float) -> None:
+        """The lease keeper's renewal (storage/queue.py)."""
+        self.heartbeat(generation_id, worker=worker, lease_seconds=lease_seconds)
+
     @staticmethod
     def _running(session: Session, generation_id: int) -> Generation:
         row = session.get(Generation, generation_id)
         if row is None:
             raise RecordNotFound(f"Generation {generation_id} does not exist.")
+        if row.status == "interrupted":
+            raise LeaseLost(
+                f"Generation {generation_id} was marked interrupted when its lease ran out at "
+                f"{row.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC; its result was not stored. Requeue it to run it again."
+            )
         if row.status != "running":
             raise StorageError(f"Generation {generation_id} is already {row.status}; only a running one can end.")
         return row
 
-    @staticmethod
-    def _claim(session: Session, generation_id: int, *, status: str, **values: Any) -> None:
-        # The status test is in the UPDATE itself so that two requests ending the
-        # same generation cannot both win, on SQLite or PostgreSQL.
+    def _end(
+        self, session: Session, generation_id: int, *, status: str, model_revision: str | None, **values: Any
+    ) -> None:
+        # The status and the lease are tested in the UPDATE itself, so that two
+        # requests ending the same generation cannot both win, and a lease that
+        # runs out while the files are staged ends nothing, on SQLite or PostgreSQL.
+        now = self._now()
+        if model_revision is not None:
+            values["model_revision"] = model_revision
         result = session.execute(
             update(Generation)
-            .where(Generation.id == generation_id, Generation.status == "running")
-            .values(status=status, finished_at=utcnow(), **values)
+            .where(Generation.id == generation_id, queue.lease_held(None, now))
+            .values(status=status, finished_at=now, **values)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
+            row = session.get(Generation, generation_id, populate_existing=True)
+            if row is not None and row.status in ("running", "interrupted"):
+                raise LeaseLost(
+                    f"Generation {generation_id}'s lease ran out before its end was recorded; its result was not "
+                    "stored. Requeue it to run it again."
+                )
             raise StorageError(f"Generation {generation_id} was ended by another request first.")
+
+    @staticmethod
+    def _lost(session: Session, generation_id: int, *, worker: str) -> StorageError:
+        """Why a heartbeat changed nothing."""
+        row = session.get(Generation, generation_id, populate_existing=True)
+        if row is None:
+            return RecordNotFound(f"Generation {generation_id} does not exist.")
+        if row.status == "running" and row.lease_owner != worker:
+            return LeaseLost(f"Generation {generation_id} runs under {row.lease_owner}'s lease, not {worker}'s.")
+        return LeaseLost(f"Generation {generation_id} is {row.status}; {worker} no longer holds its lease.")
 
     @staticmethod
     def _exists(session: Session, generation_id: int) -> None:
@@ -554,6 +911,114 @@ class Gallery:
         return [_record(row, images.get(row.id, ()), tags.get(row.id, ()), boards.get(row.id, ())) for row in rows]
 
 
+def _check_new(new: NewGeneration) -> dict[str, Any]:
+    """Check a new generation's fields; returns its params as they will read back."""
+    if not new.user:
+        raise StorageError("user must not be empty.")
+    _check_seed(new.seed, field="seed")
+    return _json_object(new.params, field="params")
+
+
+def _check_images(images: Sequence[ImageInput]) -> None:
+    for number, item in enumerate(images, start=1):
+        if item.role not in ROLES:
+            raise StorageError(f"Image {number} has role {item.role!r}; allowed roles are {', '.join(ROLES)}.")
+        if item.image.mode not in PNG_MODES:
+            raise StorageError(
+                f"Image {number} has mode {item.image.mode}, which PNG cannot hold; allowed modes are "
+                f"{', '.join(PNG_MODES)}."
+            )
+        if item.seed is not None:
+            _check_seed(item.seed, field=f"Image {number} seed")
+
+
+def _check_parent(session: Session, parent_id: int | None) -> None:
+    if parent_id is not None and session.get(Generation, parent_id) is None:
+        raise RecordNotFound(f"Parent generation {parent_id} does not exist.")
+
+
+def _generation_row(
+    new: NewGeneration, params: dict[str, Any], *, created_at: datetime, status: str = "running", **values: Any
+) -> Generation:
+    return Generation(
+        created_at=created_at,
+        user=new.user,
+        task=new.task,
+        model=new.model,
+        model_revision=new.model_revision,
+        params=params,
+        prompt=new.prompt,
+        negative_prompt=new.negative_prompt,
+        seed=new.seed,
+        sampler=new.sampler,
+        num_inference_steps=new.num_inference_steps,
+        guidance_scale=new.guidance_scale,
+        width=new.width,
+        height=new.height,
+        batch_size=new.batch_size,
+        status=status,
+        timings={},
+        environment={},
+        parent_id=new.parent_id,
+        **values,
+    )
+
+
+def _new_from(row: Generation, *, parent_id: int) -> NewGeneration:
+    """The same request as a stored generation's, as the child of `parent_id`."""
+    return NewGeneration(
+        user=row.user,
+        task=row.task,
+        model=row.model,
+        model_revision=row.model_revision,
+        params=row.params,
+        prompt=row.prompt,
+        negative_prompt=row.negative_prompt,
+        seed=row.seed,
+        sampler=row.sampler,
+        num_inference_steps=row.num_inference_steps,
+        guidance_scale=row.guidance_scale,
+        width=row.width,
+        height=row.height,
+        batch_size=row.batch_size,
+        parent_id=parent_id,
+    )
+
+
+def _copy_image(image: Image, *, generation_id: int, created_at: datetime) -> Image:
+    """A row for another generation naming the same files (content addressing shares them)."""
+    return Image(
+        generation_id=generation_id,
+        role=image.role,
+        position=image.position,
+        seed=image.seed,
+        sha256=image.sha256,
+        path=image.path,
+        width=image.width,
+        height=image.height,
+        thumb_path=image.thumb_path,
+        created_at=created_at,
+    )
+
+
+def _claim_order(session: Session) -> list[int]:
+    """Every queued job's id, in the order claims would take them now (storage/queue.py)."""
+    jobs = session.execute(
+        select(Generation.id, Generation.user).where(Generation.status == "queued").order_by(Generation.id)
+    ).tuples().all()
+    users = {user for _, user in jobs}
+    latest: dict[str, datetime | None] = {}
+    if users:
+        latest = dict(
+            session.execute(
+                select(Generation.user, func.max(Generation.started_at))
+                .where(Generation.user.in_(users))
+                .group_by(Generation.user)
+            ).tuples().all()
+        )
+    return queue.claim_order(jobs, latest)
+
+
 def _newest(where: Sequence[ColumnElement[bool]], *, before_id: int | None, limit: int) -> Any:
     # Keyset pagination: stable while new generations arrive, and as cheap on
     # page 100 as on page 1, which OFFSET is not.
@@ -604,7 +1069,7 @@ def _board(row: Board, *, size: int) -> BoardRecord:
     return BoardRecord(id=row.id, name=row.name, created_by=row.created_by, created_at=row.created_at, size=size)
 
 
-def _image_row(generation_id: int, item: ImageInput, stored: StagedImage, *, position: int) -> Image:
+def _image_row(generation_id: int | None, item: ImageInput, stored: StagedImage, *, position: int) -> Image:
     return Image(
         generation_id=generation_id,
         role=item.role,
@@ -669,6 +1134,9 @@ def _record(
         reviewed_at=row.reviewed_at,
         tags=tuple(tags),
         boards=tuple(boards),
+        started_at=row.started_at,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
     )
 
 

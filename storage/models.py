@@ -25,8 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-ROLES = ("output", "input", "mask", "control")
-STATUSES = ("running", "succeeded", "failed", "cancelled")
+ROLES = ("output", "input", "mask", "control", "control_source")
+# A job's life (migration 0004): queued -> running -> succeeded | failed | cancelled | interrupted.
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 REVIEWS = ("none", "approved", "rejected")
 
 # Full-text search lives in objects the ORM cannot describe: an FTS5 virtual
@@ -95,6 +96,8 @@ class Generation(Base):
     __table_args__ = (
         CheckConstraint(one_of("status", STATUSES), name="status"),
         CheckConstraint(one_of("review", REVIEWS), name="review"),
+        # Fairness reads each user's latest start (storage/queue.py).
+        Index("ix_generations_user_started_at", "user", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -128,6 +131,13 @@ class Generation(Base):
     review_note: Mapped[str | None] = mapped_column(Text)
     reviewed_by: Mapped[str | None] = mapped_column(String(255))
     reviewed_at: Mapped[datetime | None]
+    # The queue (migration 0004). created_at is when the job was queued (or
+    # started, for one that never waited); started_at when a worker took it.
+    # A running job is alive while its lease has not expired; the owner is the
+    # worker that renews it (storage/queue.py).
+    started_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
 
     images: Mapped[list[Image]] = relationship(
         back_populates="generation",

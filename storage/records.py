@@ -21,6 +21,10 @@ class NotAllowed(StorageError, PermissionError):
     """The person asking may not do this to this record."""
 
 
+class LeaseLost(StorageError):
+    """The worker no longer holds a running job's lease: it was marked interrupted, or ended, without it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class NewGeneration:
     """The indexed columns are copies of fields in `params`, kept so people can filter on them."""
@@ -44,7 +48,7 @@ class NewGeneration:
 
 @dataclass(frozen=True)
 class ImageInput:
-    role: str  # output | input | mask | control
+    role: str  # output | input | mask | control | control_source
     image: Image.Image
     seed: int | None = None  # outputs: the seed that made this image
 
@@ -96,6 +100,9 @@ class GenerationRecord:
     reviewed_at: datetime | None
     tags: tuple[str, ...]  # sorted
     boards: tuple[str, ...]  # names of the boards it is on, sorted
+    started_at: datetime | None  # when a worker took it; None while queued, or if never started
+    lease_owner: str | None  # the worker that ran it, or runs it: "host:pid:token"
+    lease_expires_at: datetime | None  # while running: when it counts as interrupted unless renewed
 
     @property
     def outputs(self) -> tuple[ImageRecord, ...]:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy import text
 
 from storage import Gallery
 from storage.db import make_engine
+from storage.queue import LEASE_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,11 @@ def crash(data_dir: Path, *, step: str, number: int) -> None:
     assert result.returncode == 1, result.stderr
 
 
+def one_lease_later() -> datetime:
+    """A clock for the next reader after the dead process's lease ran out."""
+    return datetime.now(timezone.utc) + timedelta(seconds=LEASE_SECONDS + 1)
+
+
 def assert_folder_matches_rows(data_dir: Path) -> None:
     """No file without a row, no row without its file, no pending leftovers, a sound database."""
     engine = make_engine(f"sqlite:///{data_dir}/gallery.db")
@@ -103,9 +110,12 @@ def test_crash_before_commit_leaves_neither_rows_nor_files(tmp_path: Path, numbe
 
     with Gallery(url=f"sqlite:///{tmp_path}/gallery.db", data_dir=tmp_path) as gallery:
         crashed = gallery.get(2)
-        assert crashed.status == "running"
+        assert crashed.status == "running"  # its lease has not run out yet
         assert crashed.images == ()
         assert len(gallery.get(1).images) == 1
+    with Gallery(url=f"sqlite:///{tmp_path}/gallery.db", data_dir=tmp_path, clock=one_lease_later) as gallery:
+        crashed = gallery.get(2)
+        assert crashed.status == "interrupted" and crashed.images == ()
 
     assert_folder_matches_rows(tmp_path)
 
@@ -120,5 +130,7 @@ def test_crash_after_commit_keeps_the_rows_and_finishes_the_files(tmp_path: Path
         assert crashed.status == "succeeded"
         assert [(i.role, i.seed) for i in crashed.images] == [("output", 1), ("output", 2), ("input", None)]
         assert crashed.images[2].sha256 == gallery.get(1).images[0].sha256
+    with Gallery(url=f"sqlite:///{tmp_path}/gallery.db", data_dir=tmp_path, clock=one_lease_later) as gallery:
+        assert gallery.get(2).status == "succeeded"  # an ended job has no lease to run out
 
     assert_folder_matches_rows(tmp_path)

@@ -146,7 +146,7 @@ def test_migration_0003_adds_and_removes_only_the_users_table(db_url: str) -> No
         upgrade(engine, revision="0002")
         with engine.connect() as connection:
             before = set(inspect(connection).get_table_names())
-        upgrade(engine)
+        upgrade(engine, revision="0003")
         with engine.connect() as connection:
             assert set(inspect(connection).get_table_names()) == before | {"users"}
             assert MigrationContext.configure(connection).get_current_revision() == "0003"
