@@ -5,7 +5,11 @@ What it owns, and why here:
   and a revision for each, so a record says which weights made an image;
 - device and dtype, picked once;
 - one base pipeline per model; the other tasks' pipelines come from
-  ``from_pipe`` and share its modules (no second copy of the weights);
+  ``from_pipe`` and share its modules (no second copy of the weights), and
+  ControlNets join that base the same way (each loaded once);
+- each task's inputs: init images resized by the request's mode, product
+  masks grown and pasted back so kept pixels stay exact, control images
+  made by the preprocessors;
 - the sampler (a fresh scheduler per run), seeding through CPU generators so a
   seed means the same noise on every device, the text-embedding cache,
   per-step progress and cooperative cancel.
@@ -16,6 +20,7 @@ It knows nothing of Gradio or the database (see docs/architecture.md).
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import re
 import threading
@@ -32,13 +37,18 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
+    ControlNetModel,
     DiffusionPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
+from PIL import Image
 
-from pipelines import embedded
-from pipelines.requests import GenerationRequest
+from pipelines import controlnets, embedded, masks, preprocessors
+from pipelines.images import resize_to
+from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
 from pipelines.samplers import make_scheduler
 
 EMBEDDED = "embedded"
@@ -134,22 +144,34 @@ def _hash_files(paths: list[Path], root: Path) -> str:
 
 
 def _family(pipe: DiffusionPipeline) -> str:
-    if isinstance(pipe, StableDiffusionXLPipeline):
+    if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLInpaintPipeline)):
         return "sdxl"
-    if isinstance(pipe, StableDiffusionPipeline):
+    if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInpaintPipeline)):
         return "sd"
     raise ModelError(f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x or SDXL model.")
 
 
 def _single_file_class(path: Path) -> type[DiffusionPipeline]:
-    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``."""
+    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``;
+    inpainting checkpoints have a UNet whose first convolution takes 9 channels."""
+    xl = inpaint = False
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
-            if any(key.startswith("conditioner.embedders.1.") for key in handle.keys()):
-                return StableDiffusionXLPipeline
-    return StableDiffusionPipeline
+            keys = set(handle.keys())
+            xl = any(key.startswith("conditioner.embedders.1.") for key in keys)
+            first = "model.diffusion_model.input_blocks.0.0.weight"
+            inpaint = first in keys and handle.get_slice(first).get_shape()[1] == 9
+    if inpaint:
+        return StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
+    return StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+
+
+def _is_inpainting_folder(folder: Path) -> bool:
+    """A dedicated inpainting model: its UNet sees the noisy latents, the mask and the masked image (4 + 1 + 4)."""
+    config = folder / "unet" / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("in_channels") == 9
 
 
 @dataclass
@@ -157,11 +179,16 @@ class LoadedModel:
     source: ModelSource
     revision: str  # hub commit, or sha256 of the weight files
     family: str  # sd | sdxl
-    pipelines: dict[str, DiffusionPipeline] = field(default_factory=dict)
+    base: DiffusionPipeline  # what every task's pipeline is derived from
+    inpainting_only: bool = False  # a 9-channel UNet: only the inpainting tasks can use it
+    pipelines: dict[tuple, DiffusionPipeline] = field(default_factory=dict)
 
-    @property
-    def base(self) -> DiffusionPipeline:
-        return self.pipelines["txt2img"]
+
+@dataclass
+class LoadedControlNet:
+    source: controlnets.ControlNetSource
+    revision: str
+    model: ControlNetModel
 
 
 class CancelToken:
@@ -214,6 +241,7 @@ class GenerationResult:
     duration_ms: int
     model_revision: str
     environment: dict[str, Any]
+    derived: list[tuple[str, Any]] = field(default_factory=list)  # (role, image) made from the inputs: control maps
 
 
 class Engine:
@@ -231,6 +259,7 @@ class Engine:
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.loads = 0  # base-model loads; switching tasks must not add to it
         self._models: dict[str, LoadedModel] = {}
+        self._controlnets: dict[str, LoadedControlNet] = {}
         # The studio reports its own progress; the libraries' console bars
         # would only interleave with it.
         diffusers.utils.logging.disable_progress_bar()
@@ -257,11 +286,11 @@ class Engine:
             elif source.kind == "hub":
                 # download() returns the cached snapshot folder, named by its commit.
                 folder = Path(DiffusionPipeline.download(source.location))
-                pipe = AutoPipelineForText2Image.from_pretrained(str(folder), **options)
+                pipe = _from_folder(folder, options)
                 revision = folder.name
             else:  # a diffusers folder; the embedded model is one
                 folder = Path(source.location)
-                pipe = AutoPipelineForText2Image.from_pretrained(str(folder), **options)
+                pipe = _from_folder(folder, options)
                 revision = _hash_files(_weight_files(folder), folder)
         except ModelError:
             raise
@@ -270,19 +299,79 @@ class Engine:
         family = _family(pipe)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
-        return LoadedModel(source=source, revision=revision, family=family, pipelines={"txt2img": pipe})
+        inpainting_only = pipe.unet.config.in_channels == 9
+        return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only)
 
-    def pipeline(self, model: str, task: str) -> DiffusionPipeline:
-        """The pipeline for ``task``, sharing the base model's modules."""
+    def controlnet(self, name: str) -> LoadedControlNet:
+        """A ControlNet model, loaded once and kept beside the base models."""
+        with self._lock:
+            if name not in self._controlnets:
+                self._controlnets[name] = self._load_controlnet(name)
+            return self._controlnets[name]
+
+    def _load_controlnet(self, name: str) -> LoadedControlNet:
+        try:
+            source = controlnets.resolve(name)
+            if source.kind == "single_file":
+                path = Path(source.location)
+                model = ControlNetModel.from_single_file(str(path), dtype=self.dtype)
+                revision = _hash_files([path], path.parent)
+            else:
+                if source.kind == "hub":
+                    from huggingface_hub import snapshot_download
+
+                    folder = Path(snapshot_download(source.location, allow_patterns=["*.json", "*.safetensors"]))
+                    revision = folder.name
+                else:
+                    folder = Path(source.location)
+                    revision = _hash_files(_weight_files(folder), folder)
+                model = ControlNetModel.from_pretrained(str(folder), dtype=self.dtype)
+        except controlnets.ControlNetNotFound as error:
+            raise ModelError(str(error)) from error
+        except (OSError, ValueError) as error:
+            raise ModelError(f"controlnet {name!r} could not be loaded: {error}") from error
+        return LoadedControlNet(source=source, revision=revision, model=model.to(self.device))
+
+    def pipeline(self, model: str, task: str, controlnet_names: tuple[str, ...] = (), mode: str = "txt2img") -> DiffusionPipeline:
+        """The pipeline for ``task``, sharing the base model's modules.
+
+        For ControlNet, ``mode`` (txt2img, img2img or inpaint) picks diffusers'
+        ControlNet pipeline of that kind and ``controlnet_names`` its models.
+        """
         with self._lock:
             loaded = self.load(model)
-            if task not in loaded.pipelines:
-                if task not in _TASK_PIPELINES:
-                    raise ModelError(f"task must be one of {', '.join(_TASK_PIPELINES)}; got {task!r}.")
-                pipe = _TASK_PIPELINES[task].from_pipe(loaded.base)
+            key = (task, mode, controlnet_names)
+            if key in loaded.pipelines:
+                return loaded.pipelines[key]
+            kind = mode if task == "controlnet" else task
+            if kind not in _TASK_PIPELINES:
+                raise ModelError(f"task must be one of {', '.join(_TASK_PIPELINES)} or controlnet; got {task!r}.")
+            if loaded.inpainting_only and kind != "inpaint":
+                raise ModelError(
+                    f"model {model!r} is an inpainting model (its UNet takes 9 channels); use it for inpainting only."
+                )
+            extra: dict[str, Any] = {}
+            if task == "controlnet":
+                models = [self._fitting_controlnet(loaded, name).model for name in controlnet_names]
+                extra["controlnet"] = models[0] if len(models) == 1 else models
+            if kind == "txt2img" and not extra:
+                pipe = loaded.base
+            else:
+                pipe = _TASK_PIPELINES[kind].from_pipe(loaded.base, **extra)
                 pipe.set_progress_bar_config(disable=True)
-                loaded.pipelines[task] = pipe
-            return loaded.pipelines[task]
+            loaded.pipelines[key] = pipe
+            return pipe
+
+    def _fitting_controlnet(self, loaded: LoadedModel, name: str) -> LoadedControlNet:
+        control = self.controlnet(name)
+        # The ControlNet's residuals are added to the UNet's: its widths must be the base's.
+        ours, base = control.model.config, loaded.base.unet.config
+        if ours.cross_attention_dim != base.cross_attention_dim or tuple(ours.block_out_channels) != tuple(base.block_out_channels):
+            raise ModelError(
+                f"controlnet {name!r} was made for another kind of model than {loaded.source.name!r}; "
+                f"pick one listed for this model."
+            )
+        return control
 
     def environment(self) -> dict[str, Any]:
         """What a rerun must match to give the same pixels."""
@@ -304,17 +393,17 @@ class Engine:
 
     # -- running ----------------------------------------------------------
 
-    def _encode_prompt(self, loaded: LoadedModel, pipe: DiffusionPipeline, request: GenerationRequest, cfg: bool):
-        key = (loaded.source.name, loaded.revision, request.prompt, request.negative_prompt, cfg)
+    def _encode_prompt(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, cfg: bool):
+        key = (loaded.source.name, loaded.revision, prompt, negative_prompt, cfg)
         cached = self.text_cache.get(key)
         if cached is None:
             # None, not "", so each pipeline keeps its own default for an empty
             # negative prompt (SDXL uses zeros there).
-            negative = request.negative_prompt or None
+            negative = negative_prompt or None
             with torch.inference_mode():
                 if loaded.family == "sdxl":
                     embeds = pipe.encode_prompt(
-                        prompt=request.prompt,
+                        prompt=prompt,
                         device=self.device,
                         num_images_per_prompt=1,
                         do_classifier_free_guidance=cfg,
@@ -322,7 +411,7 @@ class Engine:
                     )
                     names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
                 else:
-                    embeds = pipe.encode_prompt(request.prompt, self.device, 1, cfg, negative)
+                    embeds = pipe.encode_prompt(prompt, self.device, 1, cfg, negative)
                     names = ("prompt_embeds", "negative_prompt_embeds")
             cached = dict(zip(names, embeds))
             self.text_cache.put(key, cached)
@@ -337,43 +426,154 @@ class Engine:
     ) -> GenerationResult:
         with self._lock:
             started = time.perf_counter()
-            # 1. Model and task pipeline (loaded once, then shared)
+            # 1. Model, its task pipeline (loaded once, then shared) and the task's inputs
             loaded = self.load(request.model)
-            pipe = self.pipeline(request.model, request.task)
+            task = _TaskInputs.of(request)
+            pipe = self.pipeline(request.model, request.task, task.controlnets, task.mode)
             # 2. A fresh scheduler for the chosen sampler
             pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
-            # 3. Prompt embeddings, from the cache when the prompt was seen
             cfg = request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
-            embeds = self._encode_prompt(loaded, pipe, request, cfg)
-            # 4. One CPU generator per image: same noise on every device, and
-            #    image i of a batch equals a single run with seed + i.
-            seeds = request.seeds
-            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-            def on_step_end(pipeline, step, timestep, tensors):
-                if progress is not None:
-                    progress(step + 1, getattr(pipeline, "num_timesteps", request.num_inference_steps))
-                if cancel is not None and cancel.cancelled:
-                    pipeline._interrupt = True
-                return tensors
-
-            # 5. Denoise and decode
+            seeds = request.seeds[: request.batch_size]
             images: list[Any] = []
-            if cancel is None or not cancel.cancelled:
+            for index, prompt in enumerate(task.prompts):
+                if cancel is not None and cancel.cancelled:
+                    break
+                # 3. Prompt embeddings, from the cache when the prompt was seen
+                embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg)
+                # 4. One CPU generator per image: same noise on every device, and
+                #    image i of a batch equals a single run with seed + i.
+                generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
                 output = pipe(
                     **embeds,
-                    **request.pipeline_arguments(),
+                    **{**request.pipeline_arguments(), **task.arguments},
                     generator=generators,
-                    callback_on_step_end=on_step_end,
+                    callback_on_step_end=_on_step_end(progress, cancel, index, len(task.prompts), request.num_inference_steps),
                     output_type="pil",
                 )
-                images = list(output.images)
+                # 5. Back to the input's pixels where the task keeps them
+                images.extend(task.finish(image) for image in output.images)
             cancelled = cancel is not None and cancel.cancelled
+            environment = self.environment()
+            if task.controlnets:
+                environment["controlnets"] = {name: self.controlnet(name).revision for name in task.controlnets}
             return GenerationResult(
                 images=[] if cancelled else images,
-                seeds=seeds,
+                seeds=request.seeds,
                 cancelled=cancelled,
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 model_revision=loaded.revision,
-                environment=self.environment(),
+                environment=environment,
+                derived=[] if cancelled else task.derived,
             )
+
+
+def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:
+    """A diffusers folder as its base pipeline: text-to-image, or inpainting for a 9-channel model."""
+    auto = AutoPipelineForInpainting if _is_inpainting_folder(folder) else AutoPipelineForText2Image
+    return auto.from_pretrained(str(folder), **options)
+
+
+def _on_step_end(progress: ProgressFn | None, cancel: CancelToken | None, index: int, count: int, default: int):
+    """Per-step progress over all of a run's prompts, and the cooperative cancel."""
+
+    def on_step_end(pipeline, step, timestep, tensors):
+        if progress is not None:
+            steps = getattr(pipeline, "num_timesteps", default)  # fewer than asked when strength < 1
+            progress(index * steps + step + 1, count * steps)
+        if cancel is not None and cancel.cancelled:
+            pipeline._interrupt = True
+        return tensors
+
+    return on_step_end
+
+
+# Inpainting through a ControlNet pastes back with this seam (its request has no feather field).
+CONTROLNET_INPAINT_FEATHER = 4
+
+
+@dataclass
+class _TaskInputs:
+    """What a request adds to the pipeline call, and what happens to each image after it."""
+
+    mode: str = "txt2img"
+    prompts: list[str] = field(default_factory=list)
+    arguments: dict[str, Any] = field(default_factory=dict)
+    controlnets: tuple[str, ...] = ()
+    derived: list[tuple[str, Any]] = field(default_factory=list)
+    finish: Callable[[Any], Any] = lambda image: image
+
+    @classmethod
+    def of(cls, request: GenerationRequest) -> _TaskInputs:
+        if isinstance(request, Img2ImgRequest):
+            return cls._img2img(request)
+        if isinstance(request, InpaintRequest):
+            return cls._inpaint(request)
+        if isinstance(request, ControlNetRequest):
+            return cls._controlnet(request)
+        return cls(prompts=[request.prompt])
+
+    @classmethod
+    def _img2img(cls, request: Img2ImgRequest) -> _TaskInputs:
+        image = resize_to(_rgb(_pixels(request.image, "image")), request.width, request.height, request.resize_mode)
+        return cls(prompts=[request.prompt], arguments={"image": image})
+
+    @classmethod
+    def _inpaint(cls, request: InpaintRequest) -> _TaskInputs:
+        original = _pixels(request.image, "image")
+        region = masks.adjust(_pixels(request.mask_image, "mask_image"), request.mask_grow)
+        size = (request.width, request.height)
+        arguments = {
+            "image": _rgb(original).resize(size, Image.Resampling.LANCZOS),
+            "mask_image": region.resize(size, Image.Resampling.NEAREST),
+        }
+        return cls(
+            mode="inpaint",
+            prompts=request.prompts,
+            arguments=arguments,
+            finish=lambda image: masks.paste_back(original, image, region, feather=request.mask_feather),
+        )
+
+    @classmethod
+    def _controlnet(cls, request: ControlNetRequest) -> _TaskInputs:
+        size = (request.width, request.height)
+        controls = [
+            resize_to(
+                preprocessors.run(unit.preprocessor, _rgb(_pixels(unit.image, "control image")), **unit.preprocessor_params),
+                *size,
+                request.resize_mode,
+            )
+            for unit in request.controls
+        ]
+        single = len(controls) == 1
+        control = controls[0] if single else controls
+        arguments = request.pipeline_arguments()
+        if single:  # one ControlNet takes plain numbers, several take lists
+            overrides = {key: arguments[key][0] for key in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
+        else:
+            overrides = {}
+        task = cls(
+            mode=request.mode,
+            prompts=[request.prompt],
+            controlnets=tuple(unit.controlnet for unit in request.controls),
+            derived=[("control", image) for image in controls],
+        )
+        if request.mode == "txt2img":
+            task.arguments = {"image": control, **overrides}
+            return task
+        original = _pixels(request.image, "image")
+        task.arguments = {"image": resize_to(_rgb(original), *size, request.resize_mode), "control_image": control, **overrides}
+        if request.mode == "inpaint":
+            region = _pixels(request.mask_image, "mask_image")
+            task.arguments["mask_image"] = resize_to(region, *size, request.resize_mode)
+            task.finish = lambda image: masks.paste_back(original, image, region, feather=CONTROLNET_INPAINT_FEATHER)
+        return task
+
+
+def _pixels(ref, name: str) -> Any:
+    if ref.image is None:
+        raise ModelError(f"{name} has no pixels; a stored request needs its images from the gallery to run.")
+    return ref.image
+
+
+def _rgb(image: Any) -> Any:
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -156,3 +156,39 @@ def tiny_sdxl_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sdxl")
     _tiny_sdxl().save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def _tiny_controlnet(pipe):
+    """A ControlNet copied from a tiny UNet; one stride-2 stage matches the tiny VAE's factor of 2."""
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_controlnet_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sd-controlnet")
+    _tiny_controlnet(_tiny_sd()).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_controlnet_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sdxl-controlnet")
+    _tiny_controlnet(_tiny_sdxl()).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpaint_folder(tmp_path_factory):
+    """A dedicated inpainting model: its UNet takes 9 channels (latents, mask, masked image)."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    base = _tiny_sd()
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel.from_config(base.unet.config, in_channels=9)
+    pipe = StableDiffusionInpaintPipeline(**{**base.components, "unet": unet}, requires_safety_checker=False)
+    folder = tmp_path_factory.mktemp("tiny-sd-inpaint")
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -13,6 +13,7 @@ from webui.jobs import Jobs
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tabs import gallery as gallery_tab
+from webui.tabs import image_tasks
 from webui.tabs import txt2img as txt2img_tab
 
 CSS = """
@@ -27,17 +28,28 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 txt2img = txt2img_tab.build(jobs)
+            with gr.Tab("Image to image", id="img2img"):
+                img2img = image_tasks.build_img2img(jobs)
+            with gr.Tab("Product background", id="inpaint"):
+                inpaint = image_tasks.build_inpaint(jobs)
+            with gr.Tab("ControlNet", id="controlnet"):
+                controlnet = image_tasks.build_controlnet(jobs)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = gallery_tab.build(jobs)
         # A new image shows up in the gallery without a manual refresh.
-        txt2img["generated"].success(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
+        for tab in (txt2img, img2img, inpaint, controlnet):
+            tab["generated"].success(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
 
         # "Send to its tab": every field filled from the record, to change one thing.
         fields = txt2img["fields"]
 
         def send(record_id):
+            # Text-to-image fields are filled; an image task's tab opens with
+            # its own widgets (its inputs are in the record: rerun it from the
+            # gallery to change one setting).
             params = gallery["load"](record_id).params
-            return [params[name] for name in fields] + [gr.Tabs(selected=params["task"])]
+            values = [params[name] if params["task"] == "txt2img" else gr.update() for name in fields]
+            return values + [gr.Tabs(selected=params["task"])]
 
         gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs],
                                      api_name="send_to_tab", queue=False)

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.requests import RequestError, Text2ImgRequest, random_seed
+from pipelines.requests import REQUEST_TYPES, RESIZE_MODES, RequestError
 from pipelines.samplers import SAMPLER_NAMES
-from webui.settings import Settings, SettingsError, model_defaults
+from webui.settings import Settings, SettingsError
 
 # Offline and private by default; a user who wants the hub unsets this.
 for _name, _value in (("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--sampler", default=None, choices=SAMPLER_NAMES)
     generate.add_argument("--batch-size", type=int, default=1)
     generate.add_argument("--model", default=None)
+    generate.add_argument("--task", choices=list(REQUEST_TYPES), default="txt2img")
+    generate.add_argument("--image", type=Path, help="img2img / inpaint: the picture to start from; controlnet: optional init image")
+    generate.add_argument("--strength", type=float, default=None, help="img2img, inpaint: 0 keeps the image, 1 replaces it")
+    generate.add_argument("--resize-mode", choices=RESIZE_MODES, default=None, help="an image of another size: fit, crop or pad")
+    generate.add_argument("--mask", type=Path, help="inpaint: white = regenerate; default: the product is found and kept")
+    generate.add_argument("--mask-method", default="auto", help="inpaint without --mask: auto, alpha, grabcut or rembg")
+    generate.add_argument("--mask-grow", type=int, default=None, help="inpaint: pixels the regenerated area grows (<0 shrinks)")
+    generate.add_argument("--mask-feather", type=int, default=None, help="inpaint: pixels of soft seam")
+    generate.add_argument("--control-image", type=Path, action="append", default=[], help="controlnet: repeat for several")
+    generate.add_argument("--preprocessor", default="canny", help="controlnet: canny, lineart_standard, shuffle, none, ...")
+    generate.add_argument("--controlnet", default=None, help="controlnet: a listed name, a folder, a file or a hub id")
+    generate.add_argument("--conditioning-scale", type=float, default=1.0)
     generate.add_argument("--json", action="store_true", help="print one JSON object")
 
     rerun = command("rerun", "Run a gallery record again and say whether it reproduced.")
@@ -100,6 +112,37 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="may delete anyone's generations")
     user_command("passwd", "Change an account's password; asked twice (or read as two lines from stdin).")
     return parser
+
+
+def _generate_request(args: argparse.Namespace, settings: Settings):
+    """The request `atelier generate` describes; images are read and checked before anything runs."""
+    from webui.forms import build_request, mask_upload, upload
+
+    image_task = args.task in ("img2img", "inpaint")
+    return build_request(
+        args.task,
+        prompt=args.prompt,
+        model=settings.model,
+        image=upload(args.image, field="image", required=image_task),
+        mask=mask_upload(args.mask),
+        mask_method=args.mask_method,
+        control_images=[upload(path, field="control_image") for path in args.control_image],
+        controlnet=args.controlnet,
+        preprocessor=args.preprocessor,
+        conditioning_scale=args.conditioning_scale,
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        width=args.width,
+        height=args.height,
+        sampler=args.sampler,
+        negative_prompt=args.negative_prompt,
+        batch_size=args.batch_size,
+        strength=args.strength if args.task != "txt2img" else None,
+        resize_mode=args.resize_mode if args.task in ("img2img", "controlnet") else None,
+        mask_grow=args.mask_grow if args.task == "inpaint" else None,
+        mask_feather=args.mask_feather if args.task == "inpaint" else None,
+    )
 
 
 def _progress_printer(quiet: bool):
@@ -341,23 +384,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from webui.studio import Studio
 
     if args.command == "generate":
-        model = settings.model
-        defaults = model_defaults(model)
-        chosen = {
-            "num_inference_steps": args.steps,
-            "guidance_scale": args.guidance_scale,
-            "width": args.width,
-            "height": args.height,
-            "sampler": args.sampler,
-        }
-        request = Text2ImgRequest(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            seed=random_seed() if args.seed is None else args.seed,
-            batch_size=args.batch_size,
-            model=model,
-            **{key: defaults[key] if value is None else value for key, value in chosen.items()},
-        )
+        request = _generate_request(args, settings)
 
     studio = Studio.from_settings(settings)
     progress = _progress_printer(quiet=args.json or not sys.stderr.isatty())

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.requests import GenerationRequest, request_from_dict
+from PIL import Image
+
+from pipelines.requests import GenerationRequest, pixel_hash, request_from_dict
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration
 from webui.settings import Settings
 
@@ -121,8 +123,12 @@ class Studio:
                 timings=timings,
                 duration_ms=result.duration_ms,
             )
-        # 4. Files and rows land together.
-        images = [ImageInput(role="output", image=image, seed=seed) for image, seed in zip(result.images, result.seeds, strict=True)]
+        # 4. Files and rows land together: the inputs (so a rerun needs
+        #    nothing but the record), what the engine made from them (control
+        #    maps), and the outputs.
+        images = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
+        images += [ImageInput(role=role, image=image) for role, image in result.derived]
+        images += [ImageInput(role="output", image=image, seed=seed) for image, seed in zip(result.images, result.seeds, strict=True)]
         timings["total_ms"] = _elapsed_ms(started)
         return self.gallery.finish(
             record.id, images=images, environment=result.environment, timings=timings, duration_ms=result.duration_ms
@@ -139,13 +145,25 @@ class Studio:
     ) -> RerunOutcome:
         """Run a stored request again (optionally with fields changed), as its child."""
         parent = self.gallery.get(record_id)
-        request = request_from_dict(parent.params)
+        request = request_from_dict(parent.params, self.stored_inputs(parent))
         if changes:
             request = request.replace(**changes)
         record = self.submit(request, user=user, progress=progress, cancel=cancel, parent_id=parent.id)
         identical = record.status == "succeeded" and [i.sha256 for i in record.outputs] == [i.sha256 for i in parent.outputs]
         differences = [] if identical else explain_difference(parent, record)
         return RerunOutcome(record=record, parent=parent, identical=identical, differences=differences)
+
+
+    def stored_inputs(self, record: GenerationRecord) -> dict[str, Image.Image]:
+        """The record's input images by pixel hash, as its stored request names them."""
+        inputs = {}
+        for stored in record.images:
+            if stored.role != "output":
+                with Image.open(self.gallery.path(stored.path)) as file:
+                    file.load()
+                    image = file.copy()
+                inputs[pixel_hash(image)] = image
+        return inputs
 
 
 def _new_generation(request: GenerationRequest, *, user: str, revision: str, parent_id: int | None) -> NewGeneration:

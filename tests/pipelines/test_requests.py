@@ -62,7 +62,7 @@ def test_every_advertised_sampler_is_accepted():
 def test_from_dict_names_unknown_fields_and_tasks():
     with pytest.raises(RequestError, match="has no field strength"):
         Text2ImgRequest.from_dict({**make().to_dict(), "strength": 0.5})
-    with pytest.raises(RequestError, match="task must be one of txt2img; got 'paint'"):
+    with pytest.raises(RequestError, match="task must be one of txt2img, img2img, inpaint, controlnet; got 'paint'"):
         request_from_dict({**make().to_dict(), "task": "paint"})
 
 

@@ -1,0 +1,295 @@
+"""The Image-to-image, Product background and ControlNet tabs.
+
+Each tab turns its widgets into a request through ``webui.forms`` (the same
+builder the CLI uses) and submits it through the jobs service, so its runs
+are logged, cancellable and re-runnable like text-to-image. API names:
+``/img2img``, ``/inpaint``, ``/controlnet``, plus ``/product_mask`` and
+``/control_preview`` for the previews.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from pipelines import controlnets, masks, preprocessors
+from pipelines.requests import MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, RESIZE_MODES, RequestError
+from pipelines.samplers import SAMPLER_NAMES
+from webui.forms import automatic_mask, build_request, default_controlnet, upload
+from webui.jobs import Jobs
+from webui.settings import model_defaults
+from webui.tabs.txt2img import record_summary
+
+BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
+
+
+def _details(record, gallery) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "status": record.status,
+        "params": record.params,
+        "images": [{"sha256": i.sha256, "seed": i.seed, "file": i.path} for i in record.outputs],
+        "inputs": [{"role": i.role, "sha256": i.sha256, "file": i.path} for i in record.images if i.role != "output"],
+    }
+
+
+def _settings_widgets(defaults: dict[str, Any]) -> dict[str, gr.components.Component]:
+    """Sampler, steps, guidance, seed and size: the same row in every image tab."""
+    with gr.Row():
+        sampler = gr.Dropdown(SAMPLER_NAMES, value=defaults["sampler"], label="Sampler")
+        steps = gr.Slider(1, MAX_STEPS, value=defaults["num_inference_steps"], step=1, label="Steps")
+        guidance = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale")
+    with gr.Row():
+        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
+        batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
+        width = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Width (0: the image's)")
+        height = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Height (0: the image's)")
+    return {"sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed, "batch_size": batch_size,
+            "width": width, "height": height}
+
+
+def _outputs() -> dict[str, gr.components.Component]:
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", scale=3)
+        cancel = gr.Button("Cancel", variant="stop", scale=1)
+    images = gr.Gallery(label="Images", format="png", columns=2, height=380, object_fit="contain")
+    summary = gr.Markdown()
+    with gr.Accordion("Details", open=False):
+        details = gr.JSON(label="Record")
+    return {"run": run, "cancel": cancel, "images": images, "summary": summary, "details": details}
+
+
+def _common(settings: list[Any]) -> dict[str, Any]:
+    sampler, steps, guidance, seed, batch_size, width, height = settings
+    seed = int(seed)
+    return {
+        "sampler": sampler,
+        "num_inference_steps": int(steps),
+        "guidance_scale": float(guidance),
+        "seed": None if seed == -1 else seed,
+        "batch_size": int(batch_size),
+        "width": int(width),
+        "height": int(height),
+    }
+
+
+def _runner(jobs: Jobs, make: Callable[..., Any]) -> Callable[..., Any]:
+    """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it."""
+    studio = jobs.studio
+
+    def run(*values, request: gr.Request, progress=gr.Progress()):
+        try:
+            generation = make(*values)
+        except (RequestError, ValueError, TypeError) as error:
+            raise gr.Error(str(error)) from None
+        progress((0, generation.num_inference_steps), desc="Denoising", unit="steps")
+        record = jobs.submit(generation, request=request,
+                             progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"))
+        if record.status == "cancelled":
+            gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
+            return [], f"**Record #{record.id}** · cancelled", _details(record, studio.gallery)
+        paths = [str(studio.gallery.path(image.path)) for image in record.outputs]
+        seconds = record.timings.get("total_ms", 0) / 1000
+        return paths, record_summary(record, seconds=seconds), _details(record, studio.gallery)
+
+    return run
+
+
+def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], api_name: str):
+    studio = jobs.studio
+    event = gr.on(
+        [widgets["run"].click],
+        _runner(jobs, handler),
+        inputs=inputs,
+        outputs=[widgets["images"], widgets["summary"], widgets["details"]],
+        api_name=api_name,
+        concurrency_id="gpu",
+        concurrency_limit=studio.settings.gpu_workers,
+    )
+    widgets["cancel"].click(jobs.cancel, queue=False, api_visibility="private")
+    return event
+
+
+# -- Image to image ------------------------------------------------------------------
+
+
+def build_img2img(jobs: Jobs) -> dict[str, Any]:
+    model = jobs.studio.settings.model
+    defaults = model_defaults(model)
+    with gr.Row():
+        with gr.Column(scale=5):
+            image = gr.Image(label="Start from", type="pil", image_mode=None, sources=["upload", "clipboard"])
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a yellow background")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            with gr.Row():
+                strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (0: keep, 1: replace)")
+                resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
+            settings = _settings_widgets(defaults)
+        with gr.Column(scale=5):
+            outputs = _outputs()
+
+    def make(picture, prompt_text, negative_text, strength_value, mode, *values):
+        return build_request("img2img", prompt=prompt_text, negative_prompt=negative_text, model=model,
+                             image=upload(picture, field="image"), strength=float(strength_value), resize_mode=mode,
+                             **_common(list(values)))
+
+    inputs = [image, prompt, negative, strength, resize_mode, *settings.values()]
+    return {"generated": _wire(jobs, outputs, inputs, make, "img2img")}
+
+
+# -- Product background ----------------------------------------------------------------
+
+
+def build_inpaint(jobs: Jobs) -> dict[str, Any]:
+    model = jobs.studio.settings.model
+    defaults = model_defaults(model)
+    with gr.Row():
+        with gr.Column(scale=5):
+            photo = gr.Image(label="Product photo", type="pil", image_mode=None, sources=["upload", "clipboard"])
+            with gr.Row():
+                method = gr.Dropdown(list(masks.MASK_METHODS), value="auto", label="Find the product by")
+                find = gr.Button("Find the product", size="sm")
+                invert = gr.Button("Invert", size="sm")
+            editor = gr.ImageEditor(
+                label="Magenta = new background (paint to add, erase to keep)",
+                type="pil", image_mode="RGBA", sources=(), layers=False,
+                brush=gr.Brush(colors=[BRUSH], color_mode="fixed", default_size=6),
+                eraser=gr.Eraser(default_size=6),
+            )
+            prompt = gr.Textbox(label="Background prompts (one image per line)", lines=3,
+                                placeholder="a red square on a yellow background\na red square on a green background")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            with gr.Row():
+                grow = gr.Slider(-32, 32, value=0, step=1, label="Mask grow (px; <0 keeps a margin)")
+                feather = gr.Slider(0, 32, value=4, step=1, label="Feather (px, background side only)")
+                padding = gr.Slider(0, 256, value=0, step=8, label="Only the masked area, padding (0: whole image)")
+                strength = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Strength")
+            settings = _settings_widgets(defaults)
+        with gr.Column(scale=5):
+            outputs = _outputs()
+            preview = gr.Image(label="What will change (magenta)", type="pil", interactive=False)
+            found = gr.Markdown()
+
+    def find_product(picture, how):
+        image = upload(picture, field="image")
+        try:
+            background, used = automatic_mask(image, how)
+        except RequestError as error:
+            raise gr.Error(str(error)) from None
+        layer = _paint(background, image.size)
+        return ({"background": image.convert("RGBA"), "layers": [layer], "composite": None},
+                masks.overlay(image, background), f"Product found by **{used}**; correct it with the brush or eraser.")
+
+    def flip(picture, value):
+        image = upload(picture, field="image")
+        current = masks.mask_from_editor(value, image.size) or Image.new("L", image.size, 0)
+        background = masks.invert(current)
+        return {"background": image.convert("RGBA"), "layers": [_paint(background, image.size)], "composite": None}, \
+            masks.overlay(image, background)
+
+    def make(picture, value, how, prompt_text, negative_text, grow_px, feather_px, padding_px, strength_value, *values):
+        image = upload(picture, field="image")
+        painted = masks.mask_from_editor(value, image.size) if isinstance(value, dict) else None
+        return build_request(
+            "inpaint", prompt=prompt_text, negative_prompt=negative_text, model=model, image=image,
+            mask=painted, mask_method=how, mask_source="editor" if painted is not None else None,
+            mask_grow=int(grow_px), mask_feather=int(feather_px), padding_mask_crop=int(padding_px) or None,
+            strength=float(strength_value), **_common(list(values)),
+        )
+
+    find.click(find_product, inputs=[photo, method], outputs=[editor, preview, found], api_name="product_mask")
+    photo.upload(find_product, inputs=[photo, method], outputs=[editor, preview, found], api_visibility="private")
+    invert.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
+    inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *settings.values()]
+    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint"), "editor": editor}
+
+
+def _paint(background: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The regenerated region as a brush layer: magenta where white, transparent elsewhere."""
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste(Image.new("RGBA", size, BRUSH), mask=background)
+    return layer
+
+
+# -- ControlNet ----------------------------------------------------------------------
+
+
+def build_controlnet(jobs: Jobs) -> dict[str, Any]:
+    model = jobs.studio.settings.model
+    defaults = model_defaults(model)
+    family = "embedded" if model == "embedded" else None
+    listed = [entry.name for entry in controlnets.REGISTRY.values() if family is None or entry.family == family]
+    usable = [name for name, ok, _ in preprocessors.available() if ok]
+    missing = [f"- **{name}**: {reason}" for name, ok, reason in preprocessors.available() if not ok]
+    with gr.Row():
+        with gr.Column(scale=5):
+            control = gr.Image(label="Control image (edges, pose or depth are taken from it)", type="pil",
+                               sources=["upload", "clipboard"])
+            with gr.Row():
+                preprocessor = gr.Dropdown(usable, value="canny", label="Preprocessor ('none': already a control image)")
+                low = gr.Slider(1, 255, value=100, step=1, label="Canny low threshold")
+                high = gr.Slider(1, 255, value=200, step=1, label="Canny high threshold")
+            with gr.Row():
+                controlnet = gr.Dropdown(listed, value=default_controlnet(model), allow_custom_value=True,
+                                         label="ControlNet (or a folder, file or hub id)")
+                scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
+                start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")
+                end = gr.Slider(0, 1, value=1.0, step=0.05, label="Guidance end")
+            with gr.Accordion("A second ControlNet", open=False):
+                second = gr.Image(label="Second control image", type="pil", sources=["upload", "clipboard"])
+                with gr.Row():
+                    second_preprocessor = gr.Dropdown(usable, value="canny", label="Preprocessor")
+                    second_controlnet = gr.Dropdown(listed, value=default_controlnet(model), allow_custom_value=True,
+                                                    label="ControlNet")
+                    second_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
+            with gr.Accordion("Start from an image, or keep part of it", open=False):
+                init = gr.Image(label="Init image (optional)", type="pil", image_mode=None, sources=["upload", "clipboard"])
+                mask = gr.Image(label="Mask (optional; white = regenerate)", type="pil", sources=["upload"])
+                strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength")
+            resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
+            if missing:
+                with gr.Accordion("Preprocessors not available here", open=False):
+                    gr.Markdown("\n".join(missing))
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            settings = _settings_widgets(defaults)
+        with gr.Column(scale=5):
+            preview_button = gr.Button("Preview the control image", size="sm")
+            preview = gr.Image(label="Control image the ControlNet sees", type="pil", interactive=False)
+            outputs = _outputs()
+
+    def params(name, low_value, high_value):
+        return {"low_threshold": int(low_value), "high_threshold": int(high_value)} if name == "canny" else {}
+
+    def show(picture, name, low_value, high_value):
+        image = upload(picture, field="control_image")
+        try:
+            return preprocessors.run(name, image.convert("RGB"), **params(name, low_value, high_value))
+        except RequestError as error:
+            raise gr.Error(str(error)) from None
+
+    def make(picture, name, low_value, high_value, net, scale_value, start_value, end_value, picture_2, name_2,
+             net_2, scale_2, init_picture, mask_picture, strength_value, mode, prompt_text, negative_text, *values):
+        from pipelines.requests import ControlNetRequest, ControlUnit, ImageRef
+
+        first = build_request(
+            "controlnet", prompt=prompt_text, negative_prompt=negative_text, model=model,
+            control_images=[upload(picture, field="control_image")], controlnet=net, preprocessor=name,
+            preprocessor_params=params(name, low_value, high_value), conditioning_scale=float(scale_value),
+            guidance_start=float(start_value), guidance_end=float(end_value),
+            image=upload(init_picture, field="image", required=False),
+            mask=None if mask_picture is None else upload(mask_picture, field="mask_image").convert("L"),
+            strength=float(strength_value), resize_mode=mode, **_common(list(values)),
+        )
+        if picture_2 is None:
+            return first
+        extra = ControlUnit(image=ImageRef.of(upload(picture_2, field="second control image")), controlnet=net_2,
+                            preprocessor=name_2, conditioning_scale=float(scale_2))
+        return first.replace(controls=(*first.controls, extra))
+
+    preview_button.click(show, inputs=[control, preprocessor, low, high], outputs=preview, api_name="control_preview")
+    inputs = [control, preprocessor, low, high, controlnet, scale, start, end, second, second_preprocessor,
+              second_controlnet, second_scale, init, mask, strength, resize_mode, prompt, negative, *settings.values()]
+    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet")}
