@@ -9,6 +9,7 @@ are logged, cancellable and re-runnable like text-to-image. API names:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import gradio as gr
@@ -75,11 +76,12 @@ def _common(settings: list[Any]) -> dict[str, Any]:
     }
 
 
-def _runner(jobs: Jobs, make: Callable[..., Any]) -> Callable[..., Any]:
+def _runner(jobs: Jobs, make: Callable[..., Any], count: int) -> Callable[..., Any]:
     """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it."""
     studio = jobs.studio
 
-    def run(*values, request: gr.Request, progress=gr.Progress()):
+    def run(*arguments):
+        *values, request, progress = arguments
         try:
             generation = make(*values)
         except (RequestError, ValueError, TypeError) as error:
@@ -94,6 +96,15 @@ def _runner(jobs: Jobs, make: Callable[..., Any]) -> Callable[..., Any]:
         seconds = record.timings.get("total_ms", 0) / 1000
         return paths, record_summary(record, seconds=seconds), _details(record, studio.gallery)
 
+    # Gradio hands the session and a progress bar to parameters it can see in
+    # the signature; a *args handler has none, so it is given one per input.
+    positional = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(count)]
+    run.__signature__ = inspect.Signature([
+        *positional,
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+        inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+    ])
+    run.__annotations__ = {"request": gr.Request}  # Gradio reads type hints, not the signature's annotations
     return run
 
 
@@ -101,7 +112,7 @@ def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], 
     studio = jobs.studio
     event = gr.on(
         [widgets["run"].click],
-        _runner(jobs, handler),
+        _runner(jobs, handler, len(inputs)),
         inputs=inputs,
         outputs=[widgets["images"], widgets["summary"], widgets["details"]],
         api_name=api_name,
