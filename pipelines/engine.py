@@ -129,7 +129,10 @@ def _weight_files(folder: Path) -> list[Path]:
     return [
         p
         for p in folder.rglob("*")
-        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and p.name not in _NOT_WEIGHTS and not p.name.startswith(".")
+        if p.is_file()
+        and p.suffix in _WEIGHT_SUFFIXES
+        and p.name not in _NOT_WEIGHTS
+        and not p.name.startswith((".", "evaluation"))  # a model card's scores are not weights
     ]
 
 

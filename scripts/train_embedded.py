@@ -93,7 +93,9 @@ def save(components, *, note: str) -> None:
     staging = FOLDER.with_name(FOLDER.name + ".saving")
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     pipe.to(torch.float32)
-    for keep in ("atelier.json", "README.md", "training_log.jsonl", "loss.png", "samples.png", "evaluation.json"):
+    card = ("atelier.json", "README.md", "training_log.jsonl", "loss.png")
+    evaluations = tuple(path.name for path in FOLDER.glob("evaluation*.json")) + tuple(path.name for path in FOLDER.glob("samples*.png"))
+    for keep in card + evaluations:
         if (FOLDER / keep).exists():
             (staging / keep).write_bytes((FOLDER / keep).read_bytes())
     if FOLDER.exists():
