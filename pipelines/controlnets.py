@@ -22,7 +22,7 @@ from pipelines import embedded
 @dataclass(frozen=True)
 class ControlNetEntry:
     name: str
-    family: str  # the base family it was trained for: embedded | sd | sdxl
+    family: str  # the base family it was trained for: embedded | sd | sdxl | flux
     location: str  # hub id, folder or file
     preprocessor: str  # the preprocessor whose output it was trained on
     label: str
@@ -43,6 +43,8 @@ REGISTRY: dict[str, ControlNetEntry] = {
         ControlNetEntry("sd15-normal", "sd", "lllyasviel/control_v11p_sd15_normalbae", "normal_bae", "SD 1.5 normal map"),
         ControlNetEntry("sdxl-canny", "sdxl", "diffusers/controlnet-canny-sdxl-1.0", "canny", "SDXL Canny edges"),
         ControlNetEntry("sdxl-depth", "sdxl", "diffusers/controlnet-depth-sdxl-1.0", "depth_midas", "SDXL depth"),
+        ControlNetEntry("flux-canny", "flux", "InstantX/FLUX.1-dev-Controlnet-Canny", "canny", "FLUX.1 Canny edges"),
+        ControlNetEntry("flux-depth", "flux", "Shakker-Labs/FLUX.1-dev-ControlNet-Depth", "depth_midas", "FLUX.1 depth"),
     )
 }
 

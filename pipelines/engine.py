@@ -20,6 +20,7 @@ It knows nothing of Gradio or the database (see docs/architecture.md).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import platform
 import re
@@ -39,6 +40,10 @@ from diffusers import (
     AutoPipelineForText2Image,
     ControlNetModel,
     DiffusionPipeline,
+    FluxControlNetModel,
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    FluxPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLInpaintPipeline,
@@ -46,10 +51,10 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipelines import controlnets, embedded, masks, preprocessors
+from pipelines import controlnets, embedded, masks, preprocessors, prompts
 from pipelines.images import resize_to
 from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
-from pipelines.samplers import make_scheduler
+from pipelines.samplers import SamplerNotAvailable, make_scheduler
 
 EMBEDDED = "embedded"
 ProgressFn = Callable[[int, int], None]
@@ -147,11 +152,13 @@ def _hash_files(paths: list[Path], root: Path) -> str:
 
 
 def _family(pipe: DiffusionPipeline) -> str:
+    if isinstance(pipe, (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline)):
+        return "flux"
     if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLInpaintPipeline)):
         return "sdxl"
     if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInpaintPipeline)):
         return "sd"
-    raise ModelError(f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x or SDXL model.")
+    raise ModelError(f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x, SDXL or FLUX model.")
 
 
 def _single_file_class(path: Path) -> type[DiffusionPipeline]:
@@ -302,7 +309,7 @@ class Engine:
         family = _family(pipe)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
-        inpainting_only = pipe.unet.config.in_channels == 9
+        inpainting_only = family != "flux" and pipe.unet.config.in_channels == 9
         return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only)
 
     def controlnet(self, name: str) -> LoadedControlNet:
@@ -328,7 +335,7 @@ class Engine:
                 else:
                     folder = Path(source.location)
                     revision = _hash_files(_weight_files(folder), folder)
-                model = ControlNetModel.from_pretrained(str(folder), dtype=self.dtype)
+                model = _controlnet_class(folder).from_pretrained(str(folder), dtype=self.dtype)
         except controlnets.ControlNetNotFound as error:
             raise ModelError(str(error)) from error
         except (OSError, ValueError) as error:
@@ -367,9 +374,17 @@ class Engine:
 
     def _fitting_controlnet(self, loaded: LoadedModel, name: str) -> LoadedControlNet:
         control = self.controlnet(name)
-        # The ControlNet's residuals are added to the UNet's: its widths must be the base's.
-        ours, base = control.model.config, loaded.base.unet.config
-        if ours.cross_attention_dim != base.cross_attention_dim or tuple(ours.block_out_channels) != tuple(base.block_out_channels):
+        # The ControlNet's residuals are added to the denoiser's: its widths must be the base's.
+        ours = control.model.config
+        if loaded.family == "flux":
+            base = loaded.base.transformer.config
+            fits = isinstance(control.model, FluxControlNetModel) and (
+                ours.joint_attention_dim, ours.in_channels) == (base.joint_attention_dim, base.in_channels)
+        else:
+            base = loaded.base.unet.config
+            fits = isinstance(control.model, ControlNetModel) and ours.cross_attention_dim == base.cross_attention_dim and (
+                tuple(ours.block_out_channels) == tuple(base.block_out_channels))
+        if not fits:
             raise ModelError(
                 f"controlnet {name!r} was made for another kind of model than {loaded.source.name!r}; "
                 f"pick one listed for this model."
@@ -400,25 +415,23 @@ class Engine:
         key = (loaded.source.name, loaded.revision, prompt, negative_prompt, cfg)
         cached = self.text_cache.get(key)
         if cached is None:
-            # None, not "", so each pipeline keeps its own default for an empty
-            # negative prompt (SDXL uses zeros there).
-            negative = negative_prompt or None
-            with torch.inference_mode():
-                if loaded.family == "sdxl":
-                    embeds = pipe.encode_prompt(
-                        prompt=prompt,
-                        device=self.device,
-                        num_images_per_prompt=1,
-                        do_classifier_free_guidance=cfg,
-                        negative_prompt=negative,
-                    )
-                    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-                else:
-                    embeds = pipe.encode_prompt(prompt, self.device, 1, cfg, negative)
-                    names = ("prompt_embeds", "negative_prompt_embeds")
-            cached = dict(zip(names, embeds))
+            # The prompt text is the key: weighting syntax is part of it.
+            cached = prompts.encode(pipe, loaded.family, prompt, negative_prompt, device=self.device, guidance=cfg)
             self.text_cache.put(key, cached)
         return {name: value for name, value in cached.items() if value is not None}
+
+    def _flux_embeds(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
+        """FLUX's two text encoders (CLIP pooled, T5 per token), through the same cache."""
+        key = (loaded.source.name, loaded.revision, prompt, "", "flux")
+        cached = self.text_cache.get(key)
+        if cached is None:
+            with torch.inference_mode():
+                prompt_embeds, pooled, _ = pipe.encode_prompt(
+                    prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1
+                )
+            cached = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+            self.text_cache.put(key, cached)
+        return dict(cached)
 
     def run(
         self,
@@ -434,21 +447,31 @@ class Engine:
             task = _TaskInputs.of(request)
             pipe = self.pipeline(request.model, request.task, task.controlnets, task.mode)
             # 2. A fresh scheduler for the chosen sampler
-            pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
-            cfg = request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+            try:
+                pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
+            except SamplerNotAvailable as error:
+                raise ModelError(str(error)) from error
+            _check_family(loaded.family, request)
+            # FLUX's guidance is distilled into the model: no negative pass.
+            cfg = loaded.family != "flux" and request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
             seeds = request.seeds[: request.batch_size]
             images: list[Any] = []
             for index, prompt in enumerate(task.prompts):
                 if cancel is not None and cancel.cancelled:
                     break
                 # 3. Prompt embeddings, from the cache when the prompt was seen
-                embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg)
+                if loaded.family == "flux":
+                    embeds = self._flux_embeds(loaded, pipe, prompt)
+                else:
+                    embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg)
                 # 4. One CPU generator per image: same noise on every device, and
                 #    image i of a batch equals a single run with seed + i.
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+                if request.variation_seeds is not None:
+                    task.arguments["latents"] = _variation_latents(pipe, request)
                 output = pipe(
                     **embeds,
-                    **{**request.pipeline_arguments(), **task.arguments},
+                    **_fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments}),
                     generator=generators,
                     callback_on_step_end=_on_step_end(progress, cancel, index, len(task.prompts), request.num_inference_steps),
                     output_type="pil",
@@ -468,6 +491,68 @@ class Engine:
                 environment=environment,
                 derived=[] if cancelled else task.derived,
             )
+
+
+def _check_family(family: str, request: GenerationRequest) -> None:
+    """What a request asks that this model family cannot do, said before anything runs."""
+    if family != "flux":
+        return
+    if request.negative_prompt.strip():
+        raise ModelError("negative_prompt does not apply to FLUX models (their guidance is built in); leave it empty.")
+    if request.variation_seeds is not None:
+        raise ModelError("variation seeds are not available for FLUX models yet; set variation_strength to 0.")
+
+
+def _fit_arguments(pipe: DiffusionPipeline, request: GenerationRequest, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments in this pipeline's own names.
+
+    FLUX's text-to-image ControlNet takes ``control_image`` where Stable
+    Diffusion's takes ``image``, and FLUX's image-to-image needs the size that
+    Stable Diffusion's takes from the image.
+    """
+    accepted = inspect.signature(pipe.__call__).parameters
+    if "image" in arguments and "image" not in accepted and "control_image" in accepted:
+        arguments["control_image"] = arguments.pop("image")
+    for name in ("height", "width"):
+        if name in accepted and name not in arguments:
+            arguments[name] = getattr(request, name)
+    return arguments
+
+
+def _controlnet_class(folder: Path) -> type:
+    """ControlNetModel or FluxControlNetModel, as the folder's config says."""
+    config = folder / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    return FluxControlNetModel if name == "FluxControlNetModel" else ControlNetModel
+
+
+def _slerp(low: torch.Tensor, high: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation: the blend of two Gaussian noises stays as loud as each of them."""
+    a, b = low.flatten(), high.flatten()
+    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
+    if omega.abs() < 1e-6:
+        return (1 - t) * low + t * high
+    return (torch.sin((1 - t) * omega) * low + torch.sin(t * omega) * high) / torch.sin(omega)
+
+
+def _variation_latents(pipe: DiffusionPipeline, request: GenerationRequest) -> torch.Tensor:
+    """Starting noise per image: seed + i's noise blended towards variation_seed + i's.
+
+    Each noise is drawn as the pipeline would draw it (one CPU generator per
+    image, the latent shape of one image), so strength 0 is the seed's own
+    image and strength 1 the variation seed's.
+    """
+    factor = pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+
+    def noise(seed: int) -> torch.Tensor:
+        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+    blended = [
+        _slerp(noise(seed), noise(other), request.variation_strength)
+        for seed, other in zip(request.seeds, request.variation_seeds)
+    ]
+    return torch.cat(blended).to(pipe.device, pipe.unet.dtype)
 
 
 def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:

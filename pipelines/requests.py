@@ -75,6 +75,9 @@ class GenerationRequest:
     sampler: str = "DPM++ 2M"
     batch_size: int = 1
     model: str = "embedded"
+    # A second seed's noise blended in (spherically): near copies of a liked image.
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
 
     def __post_init__(self) -> None:
         # 1. Text
@@ -91,16 +94,33 @@ class GenerationRequest:
             raise RequestError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}; got {guidance!r}.")
         # An int guidance would not survive a JSON round trip as the same type.
         object.__setattr__(self, "guidance_scale", float(guidance))
+        if self.variation_seed is not None:
+            _check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
+        object.__setattr__(self, "variation_strength", _check_fraction("variation_strength", self.variation_strength))
+        if self.variation_strength > 0 and self.variation_seed is None:
+            raise RequestError("variation_strength needs a variation_seed; give one or set the strength to 0.")
         # 3. Names
         if self.sampler not in SAMPLER_NAMES:
             raise RequestError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}; got {self.sampler!r}.")
         if not isinstance(self.model, str) or not self.model.strip():
             raise RequestError("model must name a model: 'embedded', a folder, a .safetensors file or a hub id.")
+        if self.variation_strength > 0 and not self.VARIATIONS:
+            raise RequestError(f"variation_seed applies to text-to-image and ControlNet; {self.task} starts from its image.")
 
     @property
     def seeds(self) -> list[int]:
         """Image i of a batch uses seed + i, so any image can be remade alone."""
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+
+    @property
+    def variation_seeds(self) -> list[int] | None:
+        """Image i blends in variation_seed + i; None when there is no variation."""
+        if self.variation_seed is None or self.variation_strength == 0:
+            return None
+        return [(self.variation_seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+
+    # Tasks whose starting noise the engine can blend (a pure-noise start).
+    VARIATIONS: ClassVar[bool] = True
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The diffusers ``__call__`` arguments this request sets directly.
@@ -267,6 +287,7 @@ class Img2ImgRequest(GenerationRequest):
     resize_mode: str = "fit"  # for an image of another size than width x height: fit, crop or pad
     width: int = 0
     height: int = 0
+    VARIATIONS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_image("image", self.image)
@@ -308,6 +329,7 @@ class InpaintRequest(GenerationRequest):
     mask_source: str = "upload"  # how the mask was made, for the record
     width: int = 0
     height: int = 0
+    VARIATIONS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_image("image", self.image)
@@ -444,6 +466,8 @@ class ControlNetRequest(GenerationRequest):
         super().__post_init__()
         object.__setattr__(self, "strength", _check_fraction("strength", self.strength, open_low=True))
         _check_word("resize_mode", self.resize_mode, RESIZE_MODES)
+        if self.variation_strength > 0 and self.image is not None:
+            raise RequestError("variation_seed applies to ControlNet without an init image; remove the image or the variation.")
 
     @property
     def mode(self) -> str:

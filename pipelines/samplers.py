@@ -32,11 +32,28 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(_SAMPLERS)
 
+# Flow-matching models (FLUX) are trained for one sampler; "Euler" is its name here.
+FLOW_MATCHING_SAMPLERS = ("Euler",)
+
+
+class SamplerNotAvailable(ValueError):
+    """The model cannot use this sampler; the message names the ones it can."""
+
+
+def is_flow_matching(config: Any) -> bool:
+    return str(config.get("_class_name", "")).startswith("FlowMatch")
+
 
 def make_scheduler(name: str, base_config: Any) -> Any:
     """A new scheduler for ``name`` built on ``base_config`` (the model's own)."""
     import diffusers
 
+    if is_flow_matching(base_config):
+        if name not in FLOW_MATCHING_SAMPLERS:
+            raise SamplerNotAvailable(
+                f"sampler must be {' or '.join(FLOW_MATCHING_SAMPLERS)} for a flow-matching model (FLUX); got {name!r}."
+            )
+        return getattr(diffusers, base_config["_class_name"]).from_config(base_config)
     class_name, options = _SAMPLERS[name]
     scheduler_class = getattr(diffusers, class_name)
     return scheduler_class.from_config(base_config, **options)

@@ -192,3 +192,54 @@ def tiny_sd_inpaint_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sd-inpaint")
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def _tiny_flux():
+    """A tiny FLUX.1-architecture pipeline: a one-block transformer, CLIP and T5 encoders, a 16-channel VAE."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    from pipelines.embedded import make_tokenizer
+
+    tokenizer = make_tokenizer(max_length=77)
+    torch.manual_seed(3)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(3)
+    clip = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(3)
+    # T5's own tokenizer would need a download; the in-code byte tokenizer stands in for it.
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
+    torch.manual_seed(3)
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.06, scaling_factor=1.5,
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip, tokenizer=tokenizer,
+        text_encoder_2=t5, tokenizer_2=make_tokenizer(max_length=77), transformer=transformer,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    _tiny_flux().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_controlnet_folder(tmp_path_factory):
+    from diffusers import FluxControlNetModel
+
+    folder = tmp_path_factory.mktemp("tiny-flux-controlnet")
+    controlnet = FluxControlNetModel.from_transformer(
+        _tiny_flux().transformer, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2
+    )
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
