@@ -146,6 +146,8 @@ def test_import_prints_the_request_with_our_field_names(tmp_path, capsys) -> Non
         "sampler": "DPM++ 2M Karras",
         "batch_size": 1,
         "model": "embedded",
+        "variation_seed": None,
+        "variation_strength": 0.0,
         "unmapped": {"Model": "v1-5-pruned-emaonly", "Clip skip": "2"},
     }
 

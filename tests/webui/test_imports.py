@@ -61,6 +61,8 @@ def test_a1111_with_negative_prompt_and_schedule_type() -> None:
         "height": 768,
         "sampler": "DPM++ 2M Karras",
         "model": "embedded",
+        "variation_seed": None,
+        "variation_strength": 0.0,
     }
     assert imported.unmapped == {
         "Model": "v1-5-pruned-emaonly",
@@ -205,6 +207,8 @@ def test_comfyui_ksampler_with_linked_prompts_latent_and_checkpoint() -> None:
         "height": 640,
         "sampler": "DPM++ 2M Karras",
         "model": "embedded",
+        "variation_seed": None,
+        "variation_strength": 0.0,
     }
     assert imported.unmapped == {
         "CheckpointLoaderSimple#4.ckpt_name": "v1-5-pruned-emaonly.safetensors",
@@ -346,6 +350,8 @@ def test_invokeai_metadata() -> None:
         "height": 512,
         "sampler": "DPM++ 2M Karras",
         "model": "embedded",
+        "variation_seed": None,
+        "variation_strength": 0.0,
     }
     assert imported.unmapped == {
         "model": "Dreamshaper 8",
