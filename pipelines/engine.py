@@ -243,6 +243,64 @@ class TextEmbeddingCache:
         self._entries.clear()
 
 
+ATTENTION = ("sdpa", "math", "xformers")
+VAE_TILING = ("auto", "on", "off")
+AUTO_TILING_PIXELS = 1536 * 1536  # above this, "auto" decodes the image tile by tile
+
+
+@dataclass(frozen=True)
+class Switches:
+    """Memory and speed settings; each is recorded with every generation (a switch can change pixels)."""
+
+    attention: str = "sdpa"  # PyTorch's scaled dot-product attention; "math" is the plain softmax(QK)V
+    vae_tiling: str = "auto"
+    cpu_offload: bool = False  # keep only the running model part on a small GPU
+    compile: bool = False  # torch.compile the UNet / transformer (slow first image, faster after)
+
+    def check(self, device: torch.device) -> None:
+        if self.attention not in ATTENTION:
+            raise ModelError(f"attention must be one of {', '.join(ATTENTION)}; got {self.attention!r}.")
+        if self.vae_tiling not in VAE_TILING:
+            raise ModelError(f"vae_tiling must be one of {', '.join(VAE_TILING)}; got {self.vae_tiling!r}.")
+        if self.cpu_offload and device.type != "cuda":
+            raise ModelError("cpu_offload needs a CUDA GPU; on this machine the model already lives in CPU memory.")
+
+    def apply(self, pipe: DiffusionPipeline, family: str, device: torch.device) -> None:
+        """Put a freshly loaded base pipeline on the device with these switches; derived pipelines share its modules."""
+        denoiser = pipe.transformer if family == "flux" else pipe.unet
+        if self.attention == "math":
+            if family == "flux":
+                denoiser.set_attention_backend("_native_math")
+            else:
+                from diffusers.models.attention_processor import AttnProcessor
+
+                denoiser.set_attn_processor(AttnProcessor())
+        elif self.attention == "xformers":
+            try:
+                if family == "flux":
+                    denoiser.set_attention_backend("xformers")
+                else:
+                    pipe.enable_xformers_memory_efficient_attention()
+            except (ImportError, ModuleNotFoundError, ValueError, RuntimeError) as error:
+                raise ModelError(f"attention 'xformers' is not available here: {error}") from error
+        if self.cpu_offload:
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        if self.compile:
+            denoiser.compile()  # in place: the task pipelines keep sharing this very module
+
+    def tile_vae(self, vae: Any, pixels: int) -> None:
+        if self.vae_tiling == "on" or (self.vae_tiling == "auto" and pixels > AUTO_TILING_PIXELS):
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"attention": self.attention, "vae_tiling": self.vae_tiling, "cpu_offload": self.cpu_offload,
+                "compile": self.compile}
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     images: list[Any]  # PIL images, one per seed; empty when cancelled
@@ -263,12 +321,17 @@ class Engine:
         device: str | None = None,
         dtype: str | None = None,
         text_cache_size: int = 64,
+        max_models: int = 2,
+        switches: Switches | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
+        self.switches = switches or Switches()
+        self.switches.check(self.device)
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.loads = 0  # base-model loads; switching tasks must not add to it
-        self._models: dict[str, LoadedModel] = {}
+        self.max_models = max(1, max_models)
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._controlnets: dict[str, LoadedControlNet] = {}
         # The studio reports its own progress; the libraries' console bars
         # would only interleave with it.
@@ -280,11 +343,35 @@ class Engine:
     # -- models -----------------------------------------------------------
 
     def load(self, model: str) -> LoadedModel:
+        """The model, loaded once; at most ``max_models`` stay resident, the least recently used goes first."""
         with self._lock:
-            if model not in self._models:
-                self._models[model] = self._load(resolve_source(model))
-                self.loads += 1
+            if model in self._models:
+                self._models.move_to_end(model)
+                return self._models[model]
+            source = resolve_source(model)
+            while len(self._models) >= self.max_models:
+                self._evict(next(iter(self._models)))
+            self._models[model] = self._load(source)
+            self.loads += 1
             return self._models[model]
+
+    def resident(self) -> list[str]:
+        """The models in memory, least recently used first."""
+        return list(self._models)
+
+    def _evict(self, model: str) -> None:
+        evicted = self._models.pop(model)
+        evicted.pipelines.clear()
+        self.free_memory()
+
+    def free_memory(self) -> None:
+        """Drop what can be rebuilt: cached prompt embeddings, and the GPU allocator's spare blocks."""
+        import gc
+
+        self.text_cache.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _load(self, source: ModelSource) -> LoadedModel:
         options = {"dtype": self.dtype}
@@ -307,7 +394,7 @@ class Engine:
         except (OSError, ValueError) as error:
             raise ModelError(f"model {source.name!r} could not be loaded: {error}") from error
         family = _family(pipe)
-        pipe.to(self.device)
+        self.switches.apply(pipe, family, self.device)
         pipe.set_progress_bar_config(disable=True)
         inpainting_only = family != "flux" and pipe.unet.config.in_channels == 9
         return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only)
@@ -400,6 +487,7 @@ class Engine:
             "python": platform.python_version(),
             "device": self.device.type,
             "dtype": str(self.dtype).removeprefix("torch."),
+            **self.switches.fingerprint(),
         }
         if self.device.type == "cuda":
             env["device_name"] = torch.cuda.get_device_name(self.device)
@@ -452,6 +540,7 @@ class Engine:
             except SamplerNotAvailable as error:
                 raise ModelError(str(error)) from error
             _check_family(loaded.family, request)
+            self.switches.tile_vae(pipe.vae, request.width * request.height)
             # FLUX's guidance is distilled into the model: no negative pass.
             cfg = loaded.family != "flux" and request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
             seeds = request.seeds[: request.batch_size]
