@@ -256,6 +256,20 @@ class _Plan:
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class _Data:
+    """What the UNet and ControlNet stages draw batches from: the pool on the device, captions, the noise schedule."""
+
+    def __init__(self, args, vae, tokenizer, device: torch.device) -> None:
+        from pipelines.embedded.world import Scene
+
+        self.scheduler = _noise_scheduler()
+        self.alphas = self.scheduler.alphas_cumprod.to(device)
+        self.pool = _latent_pool(vae, seed=args.seed, size=args.pool, device=device, workers=args.workers)
+        self.scenes = [Scene(**s) for s in self.pool["scenes"]]
+        self.latents = self.pool["latents"].to(device)
+        self.captions = _Captions(tokenizer, self.scenes)
+
+
 def _update_ema(pairs, decay: float) -> None:
     with torch.no_grad():
         for model, shadow in pairs:
@@ -283,8 +297,6 @@ def _diffusion_batch(scheduler, alphas, latents, rng, device, batch):
 
 
 def train_unet(args) -> None:
-    from pipelines.embedded.world import Scene
-
     device = torch.device(args.device)
     components = load_components()
     vae, unet, text_encoder, tokenizer = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
@@ -293,11 +305,8 @@ def train_unet(args) -> None:
     vae.eval().requires_grad_(False)
     unet.train()
     text_encoder.train()
-    scheduler = _noise_scheduler()
-    pool = _latent_pool(vae, seed=args.seed, size=args.pool, device=device, workers=args.workers)
-    scenes = [Scene(**s) for s in pool["scenes"]]
-    latents_all = pool["latents"].to(device)
-    captions = _Captions(tokenizer, scenes)
+    data = _Data(args, vae, tokenizer, device)
+    scheduler, alphas, scenes, captions, latents_all = data.scheduler, data.alphas, data.scenes, data.captions, data.latents
     optimizer = torch.optim.AdamW(
         [{"params": unet.parameters()}, {"params": text_encoder.parameters()}], lr=args.lr, weight_decay=1e-2
     )
@@ -305,7 +314,6 @@ def train_unet(args) -> None:
     state = _read_state()
     start = step = state.get("unet_steps", 0)
     plan = _Plan(args, start)
-    alphas = scheduler.alphas_cumprod.to(device)
     losses = []
     while plan.running(step):
         rng = np.random.default_rng([args.seed, 3, step])
@@ -355,8 +363,6 @@ def train_controlnet(args) -> None:
     """A ControlNet copied from the trained UNet's encoder, taught to follow Canny edges; the base stays frozen."""
     from diffusers import ControlNetModel
 
-    from pipelines.embedded.world import Scene
-
     device = torch.device(args.device)
     components = load_components()
     vae, unet, text_encoder, tokenizer = (components[k] for k in ("vae", "unet", "text_encoder", "tokenizer"))
@@ -369,17 +375,14 @@ def train_controlnet(args) -> None:
         # Two stride-2 stages take the 64x64 edges to the 16x16 latent grid (the VAE's factor is 4, not 8).
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
     controlnet.to(device).train()
-    scheduler = _noise_scheduler()
-    pool = _latent_pool(vae, seed=args.seed, size=args.pool, device=device, workers=args.workers)
-    scenes = [Scene(**s) for s in pool["scenes"]]
-    latents_all, edges_all = pool["latents"].to(device), pool["edges"].to(device)
-    captions = _Captions(tokenizer, scenes)
+    data = _Data(args, vae, tokenizer, device)
+    scheduler, alphas, scenes, captions, latents_all = data.scheduler, data.alphas, data.scenes, data.captions, data.latents
+    edges_all = data.pool["edges"].to(device)
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=1e-2)
     ema = copy.deepcopy(controlnet).eval()
     state = _read_state()
     start = step = state.get("controlnet_steps", 0)
     plan = _Plan(args, start)
-    alphas = scheduler.alphas_cumprod.to(device)
     losses = []
     while plan.running(step):
         rng = np.random.default_rng([args.seed, 4, step])
