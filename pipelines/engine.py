@@ -51,7 +51,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipelines import controlnets, embedded, masks, preprocessors, prompts
+from pipelines import controlnets, embedded, ip_adapter, masks, preprocessors, prompts
 from pipelines.images import resize_to
 from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
 from pipelines.samplers import SamplerNotAvailable, make_scheduler
@@ -323,6 +323,7 @@ class Engine:
         text_cache_size: int = 64,
         max_models: int = 2,
         switches: Switches | None = None,
+        ip_adapter_folders: dict[str, str] | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -331,6 +332,8 @@ class Engine:
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.loads = 0  # base-model loads; switching tasks must not add to it
         self.max_models = max(1, max_models)
+        # Per family, a local IP-Adapter folder; a family not named here uses the Hugging Face cache.
+        self.ip_adapter_folders = dict(ip_adapter_folders or {})
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._controlnets: dict[str, LoadedControlNet] = {}
         # The studio reports its own progress; the libraries' console bars
@@ -508,6 +511,30 @@ class Engine:
             self.text_cache.put(key, cached)
         return {name: value for name, value in cached.items() if value is not None}
 
+    def check(self, request: GenerationRequest) -> LoadedModel:
+        """Load the request's model and refuse, before anything is recorded, what it cannot do."""
+        loaded = self.load(request.model)
+        _check_family(loaded.family, request)
+        if request.ip_adapter_image is not None:
+            self._ip_adapter_weights(loaded)
+        return loaded
+
+    def _ip_adapter_weights(self, loaded: LoadedModel) -> ip_adapter.IPAdapterWeights:
+        return ip_adapter.find(loaded.family, self.ip_adapter_folders.get(loaded.family))
+
+    def _reference(self, loaded: LoadedModel, pipe: DiffusionPipeline, request: GenerationRequest):
+        """Attach the IP-Adapter for a run with a reference image; otherwise make sure none steers it.
+
+        Task pipelines share the UNet, where the adapter lives, so a run
+        without a reference detaches it whichever task attached it.
+        """
+        if request.ip_adapter_image is None:
+            ip_adapter.detach(pipe)
+            return None
+        weights = self._ip_adapter_weights(loaded)
+        ip_adapter.attach(pipe, weights, request.ip_adapter_scale)
+        return weights
+
     def _flux_embeds(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
         """FLUX's two text encoders (CLIP pooled, T5 per token), through the same cache."""
         key = (loaded.source.name, loaded.revision, prompt, "", "flux")
@@ -541,6 +568,9 @@ class Engine:
                 raise ModelError(str(error)) from error
             _check_family(loaded.family, request)
             self.switches.tile_vae(pipe.vae, request.width * request.height)
+            reference = self._reference(loaded, pipe, request)
+            if reference is not None:
+                task.arguments["ip_adapter_image"] = _rgb(_pixels(request.ip_adapter_image, "ip_adapter_image"))
             # FLUX's guidance is distilled into the model: no negative pass.
             cfg = loaded.family != "flux" and request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
             seeds = request.seeds[: request.batch_size]
@@ -571,6 +601,8 @@ class Engine:
             environment = self.environment()
             if task.controlnets:
                 environment["controlnets"] = {name: self.controlnet(name).revision for name in task.controlnets}
+            if reference is not None:
+                environment["ip_adapter"] = reference.record()
             return GenerationResult(
                 images=[] if cancelled else images,
                 seeds=request.seeds,

@@ -78,6 +78,9 @@ class GenerationRequest:
     # A second seed's noise blended in (spherically): near copies of a liked image.
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    # A reference image whose style or composition an IP-Adapter carries over.
+    ip_adapter_image: ImageRef | None = None
+    ip_adapter_scale: float = 0.6
 
     def __post_init__(self) -> None:
         # 1. Text
@@ -94,6 +97,8 @@ class GenerationRequest:
             raise RequestError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}; got {guidance!r}.")
         # An int guidance would not survive a JSON round trip as the same type.
         object.__setattr__(self, "guidance_scale", float(guidance))
+        _check_image("ip_adapter_image", self.ip_adapter_image, required=False)
+        object.__setattr__(self, "ip_adapter_scale", _check_fraction("ip_adapter_scale", self.ip_adapter_scale, 0.0, 2.0))
         if self.variation_seed is not None:
             _check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
         object.__setattr__(self, "variation_strength", _check_fraction("variation_strength", self.variation_strength))
@@ -161,11 +166,14 @@ class GenerationRequest:
             data["controls"] = ControlUnit.from_stored(data["controls"], images)
         return cls(**data)
 
-    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("ip_adapter_image",)
 
     @property
     def input_images(self) -> list[tuple[str, ImageRef]]:
         """(role, image) of every input, in the order the gallery stores them."""
+        return self._task_inputs() + ([("reference", self.ip_adapter_image)] if self.ip_adapter_image is not None else [])
+
+    def _task_inputs(self) -> list[tuple[str, ImageRef]]:
         return []
 
     def replace(self, **changes: Any) -> GenerationRequest:
@@ -280,7 +288,7 @@ class Img2ImgRequest(GenerationRequest):
     """Start from an image: ``strength`` 0 keeps it, 1 replaces it."""
 
     task: ClassVar[str] = "img2img"
-    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image",)
+    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "ip_adapter_image")
 
     image: ImageRef
     strength: float = 0.75
@@ -301,8 +309,7 @@ class Img2ImgRequest(GenerationRequest):
         del arguments["width"], arguments["height"]  # the (resized) image sets the size
         return {**arguments, "strength": self.strength}
 
-    @property
-    def input_images(self) -> list[tuple[str, ImageRef]]:
+    def _task_inputs(self) -> list[tuple[str, ImageRef]]:
         return [("input", self.image)]
 
 
@@ -318,7 +325,7 @@ class InpaintRequest(GenerationRequest):
     """
 
     task: ClassVar[str] = "inpaint"
-    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "mask_image")
+    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "mask_image", "ip_adapter_image")
 
     image: ImageRef
     mask_image: ImageRef  # mode L, same size as image, white = regenerate
@@ -371,8 +378,7 @@ class InpaintRequest(GenerationRequest):
             arguments["padding_mask_crop"] = self.padding_mask_crop
         return arguments
 
-    @property
-    def input_images(self) -> list[tuple[str, ImageRef]]:
+    def _task_inputs(self) -> list[tuple[str, ImageRef]]:
         return [("input", self.image), ("mask", self.mask_image)]
 
 
@@ -441,7 +447,7 @@ class ControlNetRequest(GenerationRequest):
     (strength applies), and with ``mask_image`` too it regenerates only the mask's white part."""
 
     task: ClassVar[str] = "controlnet"
-    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "mask_image")
+    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "mask_image", "ip_adapter_image")
 
     controls: tuple[ControlUnit, ...]
     image: ImageRef | None = None
@@ -483,8 +489,7 @@ class ControlNetRequest(GenerationRequest):
             arguments["strength"] = self.strength
         return arguments
 
-    @property
-    def input_images(self) -> list[tuple[str, ImageRef]]:
+    def _task_inputs(self) -> list[tuple[str, ImageRef]]:
         inputs = [("input", self.image)] if self.image is not None else []
         if self.mask_image is not None:
             inputs.append(("mask", self.mask_image))

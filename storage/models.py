@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-ROLES = ("output", "input", "mask", "control", "control_source")
+ROLES = ("output", "input", "mask", "control", "control_source", "reference")
 # A job's life (migration 0004): queued -> running -> succeeded | failed | cancelled | interrupted.
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 REVIEWS = ("none", "approved", "rejected")

@@ -48,7 +48,7 @@ class NewGeneration:
 
 @dataclass(frozen=True)
 class ImageInput:
-    role: str  # output | input | mask | control | control_source
+    role: str  # output | input | mask | control | control_source | reference
     image: Image.Image
     seed: int | None = None  # outputs: the seed that made this image
 

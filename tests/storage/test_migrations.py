@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, Table, insert, inspect, select
+from sqlalchemy import Engine, MetaData, Table, insert, inspect, select, text
 
 from storage import Gallery
 from storage.db import downgrade, make_engine, upgrade
@@ -77,7 +77,7 @@ def test_upgrade_to_0002_keeps_every_row_and_indexes_old_prompts(engine: Engine,
 
     assert snapshot(engine, *tables) == before  # every 0001 column of every row, unchanged
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0004"
+        assert MigrationContext.configure(connection).get_current_revision() == "0005"
     with Gallery(url=db_url, data_dir=tmp_path) as gallery:
         old = gallery.get(2)
         assert (old.starred, old.review, old.review_note, old.tags, old.boards) == (False, "none", None, (), ())
@@ -107,3 +107,33 @@ def test_downgrade_to_0001_keeps_every_row_and_upgrades_again(engine: Engine, db
     with Gallery(url=db_url, data_dir=tmp_path) as gallery:
         assert [r.id for r in gallery.search(text="snow").records] == [2]
         assert gallery.get(1).review == "none"
+
+
+def test_0005_keeps_reference_images_and_downgrades_without_them(
+    engine: Engine, db_url: str, tmp_path: Path, new_generation
+) -> None:
+    from PIL import Image as PILImage
+
+    from storage import ImageInput
+
+    upgrade(engine)
+    with Gallery(url=db_url, data_dir=tmp_path) as gallery:
+        record = gallery.start(new_generation())
+        reference = PILImage.new("RGB", (8, 8), (200, 10, 10))
+        output = PILImage.new("RGB", (8, 8), (10, 10, 200))
+        done = gallery.finish(
+            record.id,
+            images=[ImageInput(role="reference", image=reference), ImageInput(role="output", image=output, seed=1)],
+            environment={},
+            timings={},
+            duration_ms=1,
+        )
+        assert sorted(i.role for i in done.images) == ["output", "reference"]
+
+    downgrade(engine, revision="0004")
+    with engine.connect() as connection:
+        roles = [row[0] for row in connection.execute(text("SELECT role FROM images"))]
+        assert roles == ["output"]
+    upgrade(engine)
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0005"

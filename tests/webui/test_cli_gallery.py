@@ -148,6 +148,8 @@ def test_import_prints_the_request_with_our_field_names(tmp_path, capsys) -> Non
         "model": "embedded",
         "variation_seed": None,
         "variation_strength": 0.0,
+        "ip_adapter_image": None,
+        "ip_adapter_scale": 0.6,
         "unmapped": {"Model": "v1-5-pruned-emaonly", "Clip skip": "2"},
     }
 

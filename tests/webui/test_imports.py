@@ -63,6 +63,8 @@ def test_a1111_with_negative_prompt_and_schedule_type() -> None:
         "model": "embedded",
         "variation_seed": None,
         "variation_strength": 0.0,
+        "ip_adapter_image": None,
+        "ip_adapter_scale": 0.6,
     }
     assert imported.unmapped == {
         "Model": "v1-5-pruned-emaonly",
@@ -209,6 +211,8 @@ def test_comfyui_ksampler_with_linked_prompts_latent_and_checkpoint() -> None:
         "model": "embedded",
         "variation_seed": None,
         "variation_strength": 0.0,
+        "ip_adapter_image": None,
+        "ip_adapter_scale": 0.6,
     }
     assert imported.unmapped == {
         "CheckpointLoaderSimple#4.ckpt_name": "v1-5-pruned-emaonly.safetensors",
@@ -352,6 +356,8 @@ def test_invokeai_metadata() -> None:
         "model": "embedded",
         "variation_seed": None,
         "variation_strength": 0.0,
+        "ip_adapter_image": None,
+        "ip_adapter_scale": 0.6,
     }
     assert imported.unmapped == {
         "model": "Dreamshaper 8",

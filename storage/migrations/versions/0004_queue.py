@@ -40,6 +40,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from alembic import op
 
+from storage.migrations.checks import replace_check as _replace_check
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -106,30 +108,3 @@ def downgrade() -> None:
     op.execute(sa.table("images", sa.column("role", sa.String())).delete().where(sa.column("role") == "control_source"))
     _replace_check("images", "role", NEW_ROLES, OLD_ROLES)
     _replace_check("generations", "status", NEW_STATUSES, OLD_STATUSES)
-
-
-def _replace_check(table: str, column: str, old: str, new: str) -> None:
-    bind = op.get_bind()
-    name = f"ck_{table}_{column}"
-    if bind.dialect.name != "sqlite":
-        op.drop_constraint(op.f(name), table, type_="check")
-        op.create_check_constraint(op.f(name), table, new)
-        return
-    # SQLite's procedure, steps 2 and 4 to 7; step 1 (the transaction) is storage.db's.
-    constraint = f"CONSTRAINT {name} CHECK ({{}})"
-    version = bind.exec_driver_sql("PRAGMA schema_version").scalar_one()
-    bind.exec_driver_sql("PRAGMA writable_schema=ON")
-    try:
-        changed = bind.execute(
-            sa.text(
-                "UPDATE sqlite_schema SET sql = replace(sql, :old, :new) "
-                "WHERE type = 'table' AND name = :table AND instr(sql, :old) > 0"
-            ),
-            {"old": constraint.format(old), "new": constraint.format(new), "table": table},
-        ).rowcount
-        if changed != 1:
-            # Refuse rather than guess: the table was not made by these migrations.
-            raise RuntimeError(f"The {table} table has no CHECK ({old}); its schema was changed by hand.")
-        bind.exec_driver_sql(f"PRAGMA schema_version={int(version) + 1}")
-    finally:
-        bind.exec_driver_sql("PRAGMA writable_schema=OFF")
