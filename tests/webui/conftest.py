@@ -1,3 +1,4 @@
+import shutil
 import socket
 
 import pytest
@@ -35,3 +36,29 @@ def launched(tmp_path_factory):
     yield studio, f"http://127.0.0.1:{settings.port}/"
     app.close()
     studio.close()
+
+
+# Debian's Chromium, headless; driven by Playwright in the browser tests.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def page():
+    """One browser tab per test module (each test opens the page itself)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Chromium is missing: `make test` installs Debian's chromium package."
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        yield page
+        browser.close()

@@ -1,32 +1,10 @@
 """A real browser (Debian's Chromium driven by Playwright) using the studio."""
 
-import shutil
-
-import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from pipelines.requests import Text2ImgRequest
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def page():
-    executable = shutil.which("chromium")
-    assert executable, "Chromium is missing: `make test` installs Debian's chromium package."
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        yield page
-        browser.close()
+# `launched` (the app) and `page` (Chromium) come from conftest.py.
 
 
 def test_type_a_prompt_generate_and_find_it_in_the_gallery(launched, page):

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from pipelines.embedded.world import COLOURS, Scene, classify, render
-from pipelines.requests import ControlNetRequest, ControlUnit, ImageRef, Img2ImgRequest, InpaintRequest
+from pipelines.requests import ControlNetRequest, ControlUnit, ImageRef, Img2ImgRequest, InpaintRequest, Text2ImgRequest
 from webui.forms import build_request
 
 SETTINGS = {"num_inference_steps": 20, "guidance_scale": 5.0}
@@ -228,3 +228,21 @@ def test_bad_uploads_over_the_api_write_nothing_and_the_server_stays_up(launched
     _, _, details = client.predict(png(drawn(), tmp_path / "ok.png"), "a red square on a blue background", "", 0.5, "fit",
                                    "DPM++ 2M", 4, 5.0, 1, 1, 0, 0, api_name="/img2img")
     assert studio.gallery.get(details["id"]).status == "succeeded"
+
+
+def test_batch_count_and_a_variation_seed_over_the_api(launched):
+    studio, url = launched
+    client = Client(url, verbose=False)
+    before = {r.id for r in studio.gallery.list(limit=200)}
+    images, summary, details = client.predict(
+        "a red circle on a blue background", "", "DPM++ 2M", 20, 5.0, 64, 64, 30, 2, 2, 40, 0.1, api_name="/txt2img"
+    )
+    made = sorted((r for r in studio.gallery.list(limit=200) if r.id not in before), key=lambda r: r.id)
+    assert [[i.seed for i in r.outputs] for r in made] == [[30, 31], [32, 33]]
+    assert all(r.params["variation_seed"] == 40 and r.params["variation_strength"] == 0.1 for r in made)
+    assert len(images) == 4 and "2 batches" in summary
+    # A variation is a near copy of its seed's image, not another picture.
+    plain = studio.submit(Text2ImgRequest(prompt="a red circle on a blue background", seed=30, width=64, height=64,
+                                          **SETTINGS), user="ada")
+    near = np.asarray(Image.open(studio.gallery.path(made[0].outputs[0].path)), dtype=int)
+    assert classify(Image.open(studio.gallery.path(plain.outputs[0].path))).background == classify(near.astype(np.uint8)).background

@@ -168,6 +168,12 @@ def build_inpaint(jobs: Jobs) -> dict[str, Any]:
                 type="pil", image_mode="RGBA", sources=(), layers=False,
                 brush=gr.Brush(colors=[BRUSH], color_mode="fixed", default_size=6),
                 eraser=gr.Eraser(default_size=6),
+                # Gradio's editor (6.31, js/imageeditor/shared/core/layers.ts, `add_layer_from_url`)
+                # sizes a layer sent from here by the canvas's current extent, which still holds the
+                # brush overlay of the canvas before (800x800 by default): the mask lands off the
+                # photo, unseen, and the first stroke drops it. Starting at 1x1, and clearing before
+                # each new mask (`_cleared` below), keeps that extent the photo's own.
+                canvas_size=(1, 1),
             )
             prompt = gr.Textbox(label="Background prompts (one image per line)", lines=3,
                                 placeholder="a red square on a yellow background\na red square on a green background")
@@ -210,11 +216,18 @@ def build_inpaint(jobs: Jobs) -> dict[str, Any]:
             strength=float(strength_value), **_common(list(values)),
         )
 
-    find.click(find_product, inputs=[photo, method], outputs=[editor, preview, found], api_name="product_mask")
-    photo.upload(find_product, inputs=[photo, method], outputs=[editor, preview, found], api_visibility="private")
+    _cleared(find.click, editor).then(find_product, inputs=[photo, method], outputs=[editor, preview, found],
+                                      api_name="product_mask")
+    _cleared(photo.upload, editor).then(find_product, inputs=[photo, method], outputs=[editor, preview, found],
+                                        api_visibility="private")
     invert.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *settings.values()]
     return {"generated": _wire(jobs, outputs, inputs, make, "inpaint"), "editor": editor}
+
+
+def _cleared(trigger: Callable[..., Any], editor: gr.ImageEditor):
+    """Empty the editor first: the canvas resets to its 1x1 start, so the next mask fits the next photo."""
+    return trigger(lambda: None, outputs=editor, queue=False, api_visibility="private")
 
 
 def _paint(background: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -50,10 +50,12 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
     # -- functions --------------------------------------------------------
 
     def generate(prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                 request: gr.Request, progress=gr.Progress()):
+                 batch_count=1, variation_seed=-1, variation_strength=0.0,
+                 request: gr.Request = None, progress=gr.Progress()):
         try:
             seed = int(seed)
-            text2img = Text2ImgRequest(
+            variation = int(variation_seed)
+            first = Text2ImgRequest(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
                 sampler=sampler,
@@ -64,21 +66,39 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
                 seed=random_seed() if seed == -1 else seed,
                 batch_size=int(batch_size),
                 model=studio.settings.model,
+                variation_seed=None if variation == -1 else variation,
+                variation_strength=float(variation_strength) if variation != -1 else 0.0,
             )
+            count = int(batch_count)
+            if not 1 <= count <= MAX_BATCH:
+                raise RequestError(f"batch_count must be a whole number from 1 to {MAX_BATCH}; got {batch_count!r}.")
         except (RequestError, ValueError, TypeError) as error:
             raise gr.Error(str(error)) from None
-        progress((0, text2img.num_inference_steps), desc="Denoising", unit="steps")
-        record = jobs.submit(
-            text2img,
-            request=request,
-            progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"),
-        )
-        if record.status == "cancelled":
-            gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
-            return [], f"**Record #{record.id}** · cancelled", record_details(record, studio.gallery), text2img.seed
-        paths = [str(studio.gallery.path(image.path)) for image in record.outputs]
-        seconds = record.timings.get("total_ms", 0) / 1000
-        return paths, record_summary(record, seconds=seconds), record_details(record, studio.gallery), text2img.seed
+        # Batch count x batch size: seeds seed .. seed + count * size - 1, one record per batch.
+        records, paths = [], []
+        for number in range(count):
+            seeds_so_far = number * first.batch_size
+            text2img = first.replace(seed=(first.seed + seeds_so_far) % (MAX_SEED + 1))
+            desc = f"Batch {number + 1} of {count}: denoising" if count > 1 else "Denoising"
+            progress((0, text2img.num_inference_steps), desc=desc, unit="steps")
+            record = jobs.submit(
+                text2img,
+                request=request,
+                progress=lambda step, total, desc=desc: progress((step, total), desc=desc, unit="steps"),
+            )
+            records.append(record)
+            if record.status == "cancelled":
+                gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
+                break
+            paths += [str(studio.gallery.path(image.path)) for image in record.outputs]
+        last = records[-1]
+        if last.status == "cancelled":
+            return paths, f"**Record #{last.id}** · cancelled", record_details(last, studio.gallery), first.seed
+        seconds = sum(r.timings.get("total_ms", 0) for r in records) / 1000
+        summary = "  \n".join(record_summary(r, seconds=r.timings.get("total_ms", 0) / 1000) for r in records)
+        if len(records) > 1:
+            summary += f"  \n{len(records)} batches in {seconds:.2f} s"
+        return paths, summary, record_details(last, studio.gallery), first.seed
 
     def import_parameters(path: str | None) -> list:
         """Fill every field from a PNG's metadata (Atelier, AUTOMATIC1111, ComfyUI, InvokeAI)."""
@@ -118,6 +138,12 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
+            with gr.Accordion("Batches and variations", open=False):
+                with gr.Row():
+                    batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
+                    variation_seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED,
+                                               label="Variation seed (-1: none)")
+                    variation_strength = gr.Slider(0, 1, value=0.1, step=0.01, label="Variation strength")
         with gr.Column(scale=5):
             with gr.Row():
                 generate_button = gr.Button("Generate", variant="primary", scale=3)
@@ -133,7 +159,8 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
     generated = gr.on(
         [generate_button.click, prompt.submit],
         generate,
-        inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size],
+        inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
+                batch_count, variation_seed, variation_strength],
         outputs=[images, summary, details, last_seed],
         api_name="txt2img",
         concurrency_id="gpu",
