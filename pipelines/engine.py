@@ -51,7 +51,8 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipelines import controlnets, embedded, ip_adapter, masks, preprocessors, prompts
+from pipelines import controlnets, embedded, ip_adapter, lora, masks, preprocessors, prompts
+from pipelines.previews import DenoisedTap, LatentPreviewer, PreviewPacer
 from pipelines.images import resize_to
 from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
 from pipelines.samplers import SamplerNotAvailable, make_scheduler
@@ -192,6 +193,7 @@ class LoadedModel:
     base: DiffusionPipeline  # what every task's pipeline is derived from
     inpainting_only: bool = False  # a 9-channel UNet: only the inpainting tasks can use it
     pipelines: dict[tuple, DiffusionPipeline] = field(default_factory=dict)
+    previewer: LatentPreviewer | None = None  # made on the first run that asks for previews
 
 
 @dataclass
@@ -324,6 +326,7 @@ class Engine:
         max_models: int = 2,
         switches: Switches | None = None,
         ip_adapter_folders: dict[str, str] | None = None,
+        loras_dir: str | Path | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -334,6 +337,7 @@ class Engine:
         self.max_models = max(1, max_models)
         # Per family, a local IP-Adapter folder; a family not named here uses the Hugging Face cache.
         self.ip_adapter_folders = dict(ip_adapter_folders or {})
+        self.loras_dir = Path(loras_dir) if loras_dir else None
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._controlnets: dict[str, LoadedControlNet] = {}
         # The studio reports its own progress; the libraries' console bars
@@ -511,13 +515,49 @@ class Engine:
             self.text_cache.put(key, cached)
         return {name: value for name, value in cached.items() if value is not None}
 
+    def _previews(self, loaded: LoadedModel, pipe: DiffusionPipeline, preview: Callable[[Any], None] | None):
+        """A maker of per-run preview callbacks, or None when nobody watches.
+
+        Previews show the sampler's current estimate of the finished picture
+        (DenoisedTap), decoded cheaply, every few steps and only while they
+        cost under a few percent of the run (PreviewPacer).
+        """
+        if preview is None:
+            return None
+        if loaded.previewer is None:
+            loaded.previewer = LatentPreviewer.for_pipeline(loaded.base)
+        tap = DenoisedTap(pipe.scheduler)
+
+        def for_run(request: GenerationRequest) -> Callable[[int, int, dict], None]:
+            pacer = PreviewPacer()
+            size = (request.width, request.height)
+
+            def maybe(step: int, total: int, tensors: dict) -> None:
+                latents = tap.latest if tap.latest is not None else tensors.get("latents")
+                if latents is None:
+                    return
+                image = pacer.maybe(step, total, lambda: loaded.previewer.preview(latents, size))
+                if image is not None:
+                    preview(image)
+
+            return maybe
+
+        return for_run
+
     def check(self, request: GenerationRequest) -> LoadedModel:
         """Load the request's model and refuse, before anything is recorded, what it cannot do."""
         loaded = self.load(request.model)
         _check_family(loaded.family, request)
         if request.ip_adapter_image is not None:
             self._ip_adapter_weights(loaded)
+        if request.loras:
+            lora.resolve(request.loras, self._loras_folder())
         return loaded
+
+    def _loras_folder(self) -> Path:
+        if self.loras_dir is None:
+            raise lora.LoraError("loras need a LoRA folder; set ATELIER_LORAS_DIR.")
+        return self.loras_dir
 
     def _ip_adapter_weights(self, loaded: LoadedModel) -> ip_adapter.IPAdapterWeights:
         return ip_adapter.find(loaded.family, self.ip_adapter_folders.get(loaded.family))
@@ -554,7 +594,9 @@ class Engine:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        preview: Callable[[Any], None] | None = None,
     ) -> GenerationResult:
+        """Run ``request``; ``progress(step, total)`` each step, ``preview(image)`` every few steps when given."""
         with self._lock:
             started = time.perf_counter()
             # 1. Model, its task pipeline (loaded once, then shared) and the task's inputs
@@ -568,6 +610,13 @@ class Engine:
                 raise ModelError(str(error)) from error
             _check_family(loaded.family, request)
             self.switches.tile_vae(pipe.vae, request.width * request.height)
+            # LoRAs live on the shared modules: every run sets them, so a run without any has none.
+            if request.loras:
+                used_loras = lora.apply(pipe, request.loras, self._loras_folder())
+            else:
+                lora.clear(pipe)
+                used_loras = []
+            previews = self._previews(loaded, pipe, preview)
             reference = self._reference(loaded, pipe, request)
             if reference is not None:
                 task.arguments["ip_adapter_image"] = _rgb(_pixels(request.ip_adapter_image, "ip_adapter_image"))
@@ -592,7 +641,8 @@ class Engine:
                     **embeds,
                     **_fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments}),
                     generator=generators,
-                    callback_on_step_end=_on_step_end(progress, cancel, index, len(task.prompts), request.num_inference_steps),
+                    callback_on_step_end=_on_step_end(progress, cancel, index, len(task.prompts), request.num_inference_steps,
+                                                      previews(request) if previews else None),
                     output_type="pil",
                 )
                 # 5. Back to the input's pixels where the task keeps them
@@ -603,6 +653,8 @@ class Engine:
                 environment["controlnets"] = {name: self.controlnet(name).revision for name in task.controlnets}
             if reference is not None:
                 environment["ip_adapter"] = reference.record()
+            if used_loras:
+                environment["loras"] = used_loras
             return GenerationResult(
                 images=[] if cancelled else images,
                 seeds=request.seeds,
@@ -682,13 +734,16 @@ def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:
     return auto.from_pretrained(str(folder), **options)
 
 
-def _on_step_end(progress: ProgressFn | None, cancel: CancelToken | None, index: int, count: int, default: int):
-    """Per-step progress over all of a run's prompts, and the cooperative cancel."""
+def _on_step_end(progress: ProgressFn | None, cancel: CancelToken | None, index: int, count: int, default: int,
+                 preview: Callable[[int, int, dict], None] | None = None):
+    """Per-step progress over all of a run's prompts, previews, and the cooperative cancel."""
 
     def on_step_end(pipeline, step, timestep, tensors):
+        steps = getattr(pipeline, "num_timesteps", default)  # fewer than asked when strength < 1
         if progress is not None:
-            steps = getattr(pipeline, "num_timesteps", default)  # fewer than asked when strength < 1
             progress(index * steps + step + 1, count * steps)
+        if preview is not None:
+            preview(step, steps, tensors)
         if cancel is not None and cancel.cancelled:
             pipeline._interrupt = True
         return tensors

@@ -81,6 +81,8 @@ class GenerationRequest:
     # A reference image whose style or composition an IP-Adapter carries over.
     ip_adapter_image: ImageRef | None = None
     ip_adapter_scale: float = 0.6
+    # LoRA files from the studio's LoRA folder, by name, each with its weight.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # 1. Text
@@ -98,6 +100,7 @@ class GenerationRequest:
         # An int guidance would not survive a JSON round trip as the same type.
         object.__setattr__(self, "guidance_scale", float(guidance))
         _check_image("ip_adapter_image", self.ip_adapter_image, required=False)
+        object.__setattr__(self, "loras", _check_loras(self.loras))
         object.__setattr__(self, "ip_adapter_scale", _check_fraction("ip_adapter_scale", self.ip_adapter_scale, 0.0, 2.0))
         if self.variation_seed is not None:
             _check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
@@ -261,6 +264,25 @@ def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, 
         bracket = "(" if open_low else "from "
         raise RequestError(f"{name} must be a number {bracket}{low:g} to {high:g}; got {value!r}.")
     return float(value)
+
+
+def _check_loras(value: Any) -> tuple[tuple[str, float], ...]:
+    """(name, weight) pairs; whether each file exists is the LoRA folder's to say (pipelines.lora)."""
+    from pipelines import lora
+
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, (list, tuple)) and len(item) == 2 for item in value):
+        raise RequestError(f"loras must be a list of [name, weight] pairs; got {value!r:.80}.")
+    if len(value) > lora.MAX_LORAS:
+        raise RequestError(f"loras must name at most {lora.MAX_LORAS} LoRAs; got {len(value)}.")
+    pairs = []
+    for name, weight in value:
+        if not isinstance(name, str) or not name.strip():
+            raise RequestError(f"loras must name each LoRA by its file name; got {name!r}.")
+        pairs.append((name, lora.check_weight(name, weight)))
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise RequestError("loras must name each LoRA once; give one weight per LoRA.")
+    return tuple(pairs)
 
 
 def _check_word(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -23,7 +23,8 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "Euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
-    "DDIM": ("DDIMScheduler", {}),
+    # Latents are not images: clipping them to [-1, 1] (DDIM's default) spoils any model whose config does not say otherwise.
+    "DDIM": ("DDIMScheduler", {"clip_sample": False}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     # LCM only gives clean images with LCM-distilled weights or an LCM LoRA; it
     # is offered because those are common, and runs (noisily) on any model.
