@@ -264,16 +264,16 @@ _METHODS = {"alpha": _alpha_mask, "grabcut": _grabcut_mask, "rembg": _rembg_mask
 
 
 def _auto_method(image: Image.Image) -> str:
-    """The method "auto" picks for this image.
+    """The method "auto" picks for this image, in the product team's order of preference.
 
     The image's own cut-out first, since it is what the shop made; then
-    rembg, but only when it is installed and its weights are already on disk;
-    otherwise GrabCut, which always runs.
+    GrabCut, which needs no weights and always runs. The learned remover
+    (rembg) is one choice away in the tab, and used only when asked for:
+    a learned mask on some machines and not others would make the same
+    request give different masks.
     """
     if _has_cutout(image):
         return "alpha"
-    if rembg_problem() is None:
-        return "rembg"
     return "grabcut"
 
 
