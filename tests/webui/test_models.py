@@ -1,0 +1,46 @@
+"""The model list: the embedded model, the one the studio started with, and models.json."""
+
+import json
+
+import pytest
+
+from webui.models import ModelListError, find, load_models
+
+
+def test_without_a_list_the_embedded_model_and_the_started_one(tmp_path):
+    models = load_models(tmp_path, started_with="org/some-model")
+    assert [(m.name, m.source) for m in models] == [("embedded", "embedded"), ("org/some-model", "org/some-model")]
+    assert models[0].defaults()["width"] == 64  # from the embedded model's card
+
+
+def test_entries_take_their_family_defaults_and_their_own_settings(tmp_path):
+    (tmp_path / "models.json").write_text(json.dumps([
+        {"name": "SD 1.5", "source": "stable-diffusion-v1-5/stable-diffusion-v1-5", "num_inference_steps": 30},
+        {"name": "Juggernaut XL", "source": "/models/juggernautXL.safetensors"},
+        {"name": "FLUX dev", "source": "black-forest-labs/FLUX.1-dev"},
+    ]))
+    models = load_models(tmp_path)
+    sd, xl, flux = models[1:]
+    assert (sd.family, sd.num_inference_steps, sd.width) == ("sd", 30, 512)
+    assert (xl.family, xl.width) == ("sdxl", 1024)
+    assert (flux.family, flux.sampler, flux.negative_prompt_applies) == ("flux", "Euler", False)
+    assert find(models, "Juggernaut XL") is xl and find(models, "/models/juggernautXL.safetensors") is xl
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "is not a JSON list of models"),
+        ('{"name": "x"}', "must hold a JSON list of models"),
+        ('[{"name": "x"}]', "entry 1: source must be text"),
+        ('[{"name": "x", "source": "a/b", "family": "sd3"}]', "family must be one of sd, sdxl, flux"),
+        ('[{"name": "x", "source": "a/b", "sampler": "Heun"}]', "sampler must be one of"),
+        ('[{"name": "x", "source": "a/b", "width": 100000}]', "width must be a whole number from 64 to 2048"),
+        ('[{"name": "x", "source": "a/b", "colour": "red"}]', "unknown fields colour"),
+        ('[{"name": "embedded", "source": "a/b"}]', "the name 'embedded' is used twice"),
+    ],
+)
+def test_a_bad_list_names_the_entry_and_the_field(tmp_path, content, message):
+    (tmp_path / "models.json").write_text(content)
+    with pytest.raises(ModelListError, match=message):
+        load_models(tmp_path)
