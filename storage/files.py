@@ -109,16 +109,22 @@ class FileStore:
         """Encode `image` and write whatever of it is new to pending/, durably."""
         data = encode_png(image, text=text)
         sha256 = hashlib.sha256(data).hexdigest()
-        moves = []
-        final = self.root / image_path(sha256)
-        if not final.exists():
-            moves.append((self._write_pending(f"{sha256}.png.pending", data), final))
-        final_thumb = self.root / thumb_path(sha256)
-        if not final_thumb.exists():
-            moves.append((self._write_pending(f"{sha256}.webp.pending", encode_thumbnail(image)), final_thumb))
-        if moves:
-            # The commit that follows must not outlive the pending names on a power cut.
-            _fsync_dir(self.pending)
+        moves: list[tuple[Path, Path]] = []
+        try:
+            final = self.root / image_path(sha256)
+            if not final.exists():
+                moves.append((self._write_pending(f"{sha256}.png.pending", data), final))
+            final_thumb = self.root / thumb_path(sha256)
+            if not final_thumb.exists():
+                moves.append((self._write_pending(f"{sha256}.webp.pending", encode_thumbnail(image)), final_thumb))
+            if moves:
+                # The commit that follows must not outlive the pending names on a power cut.
+                _fsync_dir(self.pending)
+        except BaseException:
+            # A full disk, say: the caller never gets this image to discard, so its files go here.
+            for pending, _ in moves:
+                pending.unlink(missing_ok=True)
+            raise
         return StagedImage(
             sha256=sha256,
             path=image_path(sha256),
@@ -236,11 +242,15 @@ class FileStore:
         # Written under a private name first: another process staging the same
         # bytes must never truncate a pending file that may already have landed.
         private = self.pending / f"{name}.{uuid.uuid4().hex}.tmp"
-        with open(private, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(private, path)
+        try:
+            with open(private, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(private, path)
+        except BaseException:
+            private.unlink(missing_ok=True)  # half a file on a full disk is not left behind
+            raise
         return path
 
 

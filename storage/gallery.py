@@ -322,7 +322,12 @@ class Gallery:
                 raise RecordNotFound(f"Generation {generation_id} does not exist.")
             if status != "queued":
                 raise StorageError(f"Generation {generation_id} is {status}, not queued.")
-            return _claim_order(session).index(generation_id) + 1
+            order = _claim_order(session)
+            # The two reads are not one snapshot (SQLite's driver and READ COMMITTED
+            # alike): a worker may have claimed the job, or its owner cancelled it, between them.
+            if generation_id not in order:
+                raise StorageError(f"Generation {generation_id} is no longer queued.")
+            return order.index(generation_id) + 1
 
     def queued(self, *, limit: int = 50) -> list[GenerationRecord]:
         """The queued jobs in the order workers will take them, if nothing else changes; the first `limit`."""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import gradio as gr
 
 from storage import Users
-from webui.jobs import Jobs
+from webui.jobs import REFUSALS_AT_ONCE, Jobs
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tabs import gallery as gallery_tab
@@ -54,7 +54,14 @@ def build_app(studio: Studio) -> gr.Blocks:
         gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs],
                                      api_name="send_to_tab", queue=False)
         app.load(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
-    # Waiting users see their place in line; the GPU events limit themselves.
+    # The GPU events only queue a job and wait for it (webui/jobs.py); the
+    # workers are the GPU's concurrency. Every handler in the "gpu" group gets
+    # the waiting limit, whatever its tab asked for: Gradio takes the lowest
+    # limit in a group, and a limit of gpu_workers there would put Gradio's
+    # first-come queue in front of the studio's fair one.
+    for fn in app.fns.values():
+        if fn.concurrency_id == "gpu":
+            fn.concurrency_limit = jobs.gpu_event["concurrency_limit"]
     app.queue(default_concurrency_limit=studio.settings.gpu_workers)
     return app
 
@@ -66,9 +73,13 @@ def launch(
     if users is None:
         users = Users(url=settings.gallery_url)
     app = build_app(studio)
+    # Queued jobs run from now on, those left from before a restart first.
+    studio.workers.start()
     app.launch(
         server_name=settings.host,
         server_port=settings.port,
+        # Each waiting handler holds a thread; leave Gradio's default 40 for every other event besides.
+        max_threads=40 + settings.queue_limit + settings.gpu_workers + REFUSALS_AT_ONCE,
         # Gradio serves files only from these; the gallery's files live here.
         allowed_paths=[str(settings.data_dir.resolve())],
         prevent_thread_lock=prevent_thread_lock,

@@ -1,32 +1,60 @@
 """Generations in flight, per browser session.
 
-Gradio gives each browser tab (and each API client) a session hash; a Cancel
-press reaches only the run that the same session started.
+Every tab's Generate (and the gallery's Rerun and New seeds) queues its
+request through the GPU workers (webui/workers.py) and waits in its own
+handler: first its place in line, then its own job's steps, then its own
+record. Gradio gives each browser tab (and each API client) a session hash;
+the tickets of the jobs a session queued are kept under that hash, so a
+Cancel press reaches only the jobs the same session started, and progress
+and results go only to the session that asked.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
 
 from pipelines.requests import GenerationRequest, RequestError
-from storage import GenerationRecord, Users
-from webui.studio import RerunOutcome, Studio
+from storage import GenerationRecord, StorageError, Users
+from webui.studio import RerunOutcome, Studio, StudioError
+from webui.workers import JobFailed, Ticket
 
 if TYPE_CHECKING:
-    from pipelines.engine import CancelToken, ProgressFn
+    from pipelines.engine import ProgressFn
 
-T = TypeVar("T")
+# Handlers beyond the queue's capacity that can run at once, each to say "the queue is full".
+REFUSALS_AT_ONCE = 16
+
+
+def ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 class Jobs:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
-        self._tokens: dict[str, CancelToken] = {}
+        self._sessions: dict[str, list[Ticket]] = {}
         self._lock = threading.Lock()
         self._users: Users | None = None
+
+    @property
+    def gpu_event(self) -> dict[str, Any]:
+        """Event options for a handler that queues a job and waits for it.
+
+        The GPU's concurrency is the workers' (`gpu_workers`); the handlers
+        only wait, so as many may run as jobs can be queued or running, plus
+        room for more to be told at once that the queue is full. Were Gradio
+        to allow fewer, its own queue would sit in front of ours: first come,
+        first served instead of round robin between users, positions that
+        are not the queue's, and a refusal that waits for a free handler.
+        """
+        settings = self.studio.settings
+        limit = settings.queue_limit + settings.gpu_workers + REFUSALS_AT_ONCE
+        return {"concurrency_id": "gpu", "concurrency_limit": limit}
 
     def user(self, request: gr.Request | None) -> str:
         # Logged-in name when the studio has accounts, else the settings' user.
@@ -56,39 +84,62 @@ class Jobs:
             return self._users
 
     def submit(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn) -> GenerationRecord:
-        return self._track(request, lambda token: self.studio.submit(
-            generation, user=self.user(request), progress=progress, cancel=token
-        ))
+        """Queue a request for this session, wait for its turn and its run; the ended record (or gr.Error)."""
+        user = self.user(request)
+        return self._wait(request, lambda: self.studio.workers.enqueue(generation, user=user), progress)
 
     def rerun(self, record_id: int, *, request: gr.Request, progress: ProgressFn, **changes: Any) -> RerunOutcome:
-        return self._track(request, lambda token: self.studio.rerun(
-            record_id, user=self.user(request), progress=progress, cancel=token, **changes
-        ))
+        """Queue a stored request again (with `changes`) as its record's child, and compare the two."""
+        try:
+            parent, generation = self.studio.rerun_request(record_id, **changes)
+        except (RequestError, StorageError, OSError) as error:
+            raise gr.Error(str(error)) from None
+        user = self.user(request)
+        record = self._wait(
+            request, lambda: self.studio.workers.enqueue(generation, user=user, parent_id=parent.id), progress
+        )
+        return self.studio.compare(parent, record)
 
-    def _track(self, request: gr.Request | None, run: Callable[[CancelToken], T]) -> T:
+    def _wait(self, request: gr.Request | None, enqueue: Callable[[], Ticket], progress: ProgressFn) -> GenerationRecord:
         # Imported here: the engine module brings torch, which the page does not need.
-        from pipelines.engine import CancelToken, ModelError
+        from pipelines.engine import ModelError
 
-        token = CancelToken()
+        try:
+            ticket = enqueue()
+        except (ModelError, RequestError, StudioError, StorageError) as error:
+            raise gr.Error(str(error)) from None
         key = request.session_hash if request is not None else None
         with self._lock:
             if key:
-                self._tokens[key] = token
+                self._sessions.setdefault(key, []).append(ticket)
         try:
-            return run(token)
-        except (ModelError, RequestError) as error:
+            return ticket.wait(self.studio.gallery, waiting=_show_place, progress=progress)
+        except JobFailed as error:
             raise gr.Error(str(error)) from None
         finally:
+            self.studio.workers.forget(ticket)
             with self._lock:
-                if key and self._tokens.get(key) is token:
-                    del self._tokens[key]
+                if key and ticket in self._sessions.get(key, ()):
+                    self._sessions[key].remove(ticket)
+                    if not self._sessions[key]:
+                        del self._sessions[key]
 
     def cancel(self, request: gr.Request) -> None:
-        """Stop this session's running generation at its next step."""
+        """Stop this session's jobs: a waiting one at once, a running one at its next step."""
         with self._lock:
-            token = self._tokens.get(request.session_hash)
-        if token is None:
-            gr.Info("Nothing is running in this tab.")
+            tickets = list(self._sessions.get(request.session_hash, ()))
+        if not tickets:
+            gr.Info("Nothing is running or waiting in this tab.")
             return
-        token.cancel()
-        gr.Info("Cancelling at the next step…")
+        for ticket in tickets:
+            try:
+                # The session's own job, queued under its own user.
+                said = self.studio.workers.cancel(ticket, by=self.user(request), is_admin=False)
+            except StorageError as error:
+                raise gr.Error(str(error)) from None
+            gr.Info(said)
+
+
+def _show_place(place: int) -> None:
+    # A Progress made here reports on the event this thread is handling (Gradio finds it by context).
+    gr.Progress()(0.0, desc=f"Waiting: {ordinal(place)} in line")

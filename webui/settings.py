@@ -52,6 +52,8 @@ class Settings:
     user: str = dataclasses.field(default_factory=_default_user)
     text_cache_size: int = 64
     gpu_workers: int = 1  # concurrent generations; one per GPU
+    lease_seconds: float = 30.0  # a running job whose process stops renewing this long is interrupted
+    queue_limit: int = 100  # queued jobs at most; beyond, a submit is refused and nothing is written
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -59,6 +61,10 @@ class Settings:
             raise SettingsError(f"ATELIER_PORT must be from 1 to 65535; got {self.port}.")
         if self.gpu_workers < 1:
             raise SettingsError(f"ATELIER_GPU_WORKERS must be at least 1; got {self.gpu_workers}.")
+        if not self.lease_seconds > 0:  # the gallery also refuses more than a day (storage/queue.py)
+            raise SettingsError(f"ATELIER_LEASE_SECONDS must be more than 0 seconds; got {self.lease_seconds:g}.")
+        if self.queue_limit < 1:
+            raise SettingsError(f"ATELIER_QUEUE_LIMIT must be at least 1; got {self.queue_limit}.")
 
     @property
     def gallery_url(self) -> str:
@@ -79,6 +85,11 @@ class Settings:
                     fields[field.name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"ATELIER_{field.name.upper()} must be a whole number; got {raw!r}.") from None
+            elif field.type in ("float", float):
+                try:
+                    fields[field.name] = float(raw)
+                except ValueError:
+                    raise SettingsError(f"ATELIER_{field.name.upper()} must be a number; got {raw!r}.") from None
             else:
                 fields[field.name] = raw
         return cls(**fields)

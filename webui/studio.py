@@ -1,11 +1,15 @@
 """The studio service: request -> engine -> gallery, the one path for a generation.
 
-The Gradio UI, the CLI and the HTTP API all call ``Studio.submit`` and
-``Studio.rerun``; none of them talks to the engine or the store directly.
+The Gradio UI, the CLI and the HTTP API all go through ``Studio``; none of
+them talks to the engine or the store directly. The CLI runs a request at once
+(``submit``, ``rerun``); the UI queues it (``enqueue``) for the GPU workers of
+``webui/workers.py``, which run it with ``run_job``.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from pipelines.requests import GenerationRequest, pixel_hash, request_from_dict
-from storage import Gallery, GenerationRecord, ImageInput, NewGeneration
+from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
+from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
 from webui.settings import Settings
 
 if TYPE_CHECKING:  # the engine module imports torch; the page should not wait for it
     from pipelines.engine import CancelToken, Engine, ProgressFn
+    from webui.workers import Workers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,20 +52,41 @@ def explain_difference(parent: GenerationRecord, child: GenerationRecord) -> lis
     return reasons
 
 
+class StudioError(RuntimeError):
+    """A run the studio could not do for a reason a person can act on; the message says what to do."""
+
+
+class QueueFull(StudioError):
+    """The queue holds `queue_limit` jobs already; nothing was written."""
+
+
+OUT_OF_MEMORY = "Out of GPU memory; try a smaller size or batch."
+
+
 class Studio:
-    """Runs requests for users and keeps every result in the gallery."""
+    """Runs requests for users and keeps every result in the gallery.
+
+    Two ways in, one way through: `submit` runs a request at once in the
+    caller's thread (the CLI); `enqueue` records it as a queued job, with its
+    input images, for a GPU worker (webui/workers.py) to claim and hand to
+    `run_job` (the UI). Both end in `_run`: engine, then files and rows.
+    """
 
     def __init__(self, *, settings: Settings, gallery: Gallery, engine: Engine | None = None) -> None:
         self.settings = settings
         self.gallery = gallery
         self._engine = engine
         self._engine_lock = threading.Lock()
+        self._enqueue_lock = threading.Lock()  # the queue limit's count and the insert, as one step
+        self._workers_lock = threading.Lock()
+        self._workers: Workers | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
         """Wire the services once, at start-up."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(settings=settings, gallery=Gallery(url=settings.gallery_url, data_dir=settings.data_dir))
+        gallery = Gallery(url=settings.gallery_url, data_dir=settings.data_dir, lease_seconds=settings.lease_seconds)
+        return cls(settings=settings, gallery=gallery)
 
     @property
     def engine(self) -> Engine:
@@ -78,7 +106,21 @@ class Studio:
                 )
             return self._engine
 
+    @property
+    def workers(self) -> Workers:
+        """The GPU workers that run queued jobs (`settings.gpu_workers` threads); made on first use, not started."""
+        with self._workers_lock:
+            if self._workers is None:
+                from webui.workers import Workers
+
+                self._workers = Workers(self, count=self.settings.gpu_workers)
+            return self._workers
+
     def close(self) -> None:
+        with self._workers_lock:
+            workers = self._workers
+        if workers is not None:
+            workers.close()
         self.gallery.close()
 
     def submit(
@@ -90,6 +132,7 @@ class Studio:
         cancel: CancelToken | None = None,
         parent_id: int | None = None,
     ) -> GenerationRecord:
+        """Run a request now, in this thread, without waiting in the queue (the CLI's way)."""
         started = time.perf_counter()
         # 1. Load the model before writing anything: a model that cannot be
         #    found is bad input, and bad input leaves no record.
@@ -97,22 +140,99 @@ class Studio:
         load_ms = _elapsed_ms(started)
         # 2. The record exists, "running", while the engine works.
         record = self.gallery.start(_new_generation(request, user=user, revision=loaded.revision, parent_id=parent_id))
-        # 3. Generate; a failure or a cancel is recorded as such, never as a result.
+        # 3. Generate and store; the inputs land with the outputs, so a rerun needs nothing but the record.
+        inputs = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
+        return self._run(record, request, inputs=inputs, revision=None, timings={"load_ms": load_ms},
+                         started=started, progress=progress, cancel=cancel)
+
+    def enqueue(self, request: GenerationRequest, *, user: str, parent_id: int | None = None) -> GenerationRecord:
+        """Record a request as a queued job, with its input images; a GPU worker runs it when its turn comes.
+
+        Raises ModelError for a model name that points nowhere and QueueFull
+        when `settings.queue_limit` jobs wait already; either way nothing is
+        written.
+        """
+        from pipelines.engine import resolve_source
+
+        # 1. Check before writing: the model must exist (loading it waits for
+        #    the GPU, so only its source is checked here), and the queue have room.
+        resolve_source(request.model)
+        inputs = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
+        new = _new_generation(request, user=user, revision=None, parent_id=parent_id)
+        with self._enqueue_lock:
+            waiting = self.gallery.count(status="queued")
+            if waiting >= self.settings.queue_limit:
+                raise QueueFull(f"The queue is full ({waiting} jobs waiting); try again in a minute.")
+            # 2. The row and its inputs land together, or not at all.
+            try:
+                return self.gallery.enqueue(new, inputs=inputs)
+            except OSError as error:
+                raise StudioError(_not_stored("queue the request", error)) from error
+
+    def run_job(
+        self, record: GenerationRecord, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None
+    ) -> GenerationRecord:
+        """Run a job a worker claimed (status "running"), and end it: succeeded, failed or cancelled.
+
+        Its request is rebuilt from the record, inputs and all, the way a
+        rerun is. A model that cannot load or a stored request that no longer
+        validates ends the job "failed" with that message, and is raised.
+        """
+        from pipelines.engine import ModelError
+
+        started = time.perf_counter()
+        # 1. The request and its model; either failing is the job's end, not the worker's.
+        try:
+            request = request_from_dict(record.params, self.stored_inputs(record))
+            loaded = self.engine.load(request.model)
+        except (ModelError, RequestError, OSError) as error:
+            message = str(error) if not isinstance(error, OSError) else f"its input images could not be read: {error}"
+            self._end_failed(record, message, started=started)
+            raise
+        # 2. Generate and store; its inputs are in the record already.
+        waited_ms = None
+        if record.started_at is not None:
+            waited_ms = max(0, round((record.started_at - record.created_at).total_seconds() * 1000))
+        timings = {"wait_ms": waited_ms, "load_ms": _elapsed_ms(started)}
+        return self._run(record, request, inputs=[], revision=loaded.revision, timings=timings, started=started,
+                         progress=progress, cancel=cancel)
+
+    def _run(
+        self,
+        record: GenerationRecord,
+        request: GenerationRequest,
+        *,
+        inputs: list[ImageInput],
+        revision: str | None,
+        timings: dict[str, Any],
+        started: float,
+        progress: ProgressFn | None,
+        cancel: CancelToken | None,
+    ) -> GenerationRecord:
+        """Run a recorded generation and end its record; `revision` is recorded at the end (queued jobs)."""
+        # 1. Generate; a failure or a cancel is recorded as such, never as a result.
         try:
             result = self.engine.run(request, progress=progress, cancel=cancel)
         except BaseException as error:
             # Ctrl-C in the CLI is the user stopping the run, not a fault.
             stopped = isinstance(error, KeyboardInterrupt)
+            out_of_memory = _out_of_memory(error)
+            if out_of_memory:
+                # What the failed run left cached must not make the next one fail too.
+                self._free_memory()
             self.gallery.fail(
                 record.id,
                 status="cancelled" if stopped else "failed",
-                error=None if stopped else f"{type(error).__name__}: {error}",
+                error=None if stopped else OUT_OF_MEMORY if out_of_memory else f"{type(error).__name__}: {error}",
                 environment=self.engine.environment(),
-                timings={"load_ms": load_ms, "total_ms": _elapsed_ms(started)},
+                timings={**timings, "total_ms": _elapsed_ms(started)},
                 duration_ms=None,
+                model_revision=revision,
             )
+            if out_of_memory:
+                raise StudioError(OUT_OF_MEMORY) from error
             raise
-        timings = {"load_ms": load_ms, "run_ms": result.duration_ms}
+        timings["run_ms"] = result.duration_ms
         if result.cancelled:
             timings["total_ms"] = _elapsed_ms(started)
             return self.gallery.fail(
@@ -122,17 +242,50 @@ class Studio:
                 environment=result.environment,
                 timings=timings,
                 duration_ms=result.duration_ms,
+                model_revision=revision,
             )
-        # 4. Files and rows land together: the inputs (so a rerun needs
-        #    nothing but the record), what the engine made from them (control
-        #    maps), and the outputs.
-        images = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
-        images += [ImageInput(role=role, image=image) for role, image in result.derived]
+        # 2. Files and rows land together: the inputs not stored yet, what the
+        #    engine made from them (control maps), and the outputs.
+        images = [*inputs, *(ImageInput(role=role, image=image) for role, image in result.derived)]
         images += [ImageInput(role="output", image=image, seed=seed) for image, seed in zip(result.images, result.seeds, strict=True)]
         timings["total_ms"] = _elapsed_ms(started)
-        return self.gallery.finish(
-            record.id, images=images, environment=result.environment, timings=timings, duration_ms=result.duration_ms
-        )
+        try:
+            return self.gallery.finish(
+                record.id,
+                images=images,
+                environment=result.environment,
+                timings=timings,
+                duration_ms=result.duration_ms,
+                model_revision=revision,
+            )
+        except OSError as error:
+            # A full or read-only data folder: storage wrote nothing (files.py), so
+            # the record says why, if the database can still take that much.
+            message = _not_stored("store the images", error)
+            try:
+                self.gallery.fail(record.id, status="failed", error=message, environment=result.environment,
+                                  timings=timings, duration_ms=result.duration_ms, model_revision=revision)
+            except (OSError, StorageError):
+                log.exception("Could not record generation %s as failed; it reads as interrupted after its lease.",
+                              record.id)
+            raise StudioError(message) from error
+
+    def _end_failed(self, record: GenerationRecord, message: str, *, started: float) -> None:
+        environment = self._engine.environment() if self._engine is not None else {}
+        self.gallery.fail(record.id, status="failed", error=message, environment=environment,
+                          timings={"total_ms": _elapsed_ms(started)}, duration_ms=None)
+
+    def _free_memory(self) -> None:
+        """Drop what the engine keeps between runs, so the memory a failed run held can be used again."""
+        import gc
+
+        import torch
+
+        engine = self.engine
+        engine.text_cache.clear()
+        gc.collect()  # the failed call's tensors are garbage only once its frames are
+        if engine.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def rerun(
         self,
@@ -143,16 +296,25 @@ class Studio:
         cancel: CancelToken | None = None,
         **changes: Any,
     ) -> RerunOutcome:
-        """Run a stored request again (optionally with fields changed), as its child."""
+        """Run a stored request again (optionally with fields changed), as its child, now."""
+        parent, request = self.rerun_request(record_id, **changes)
+        record = self.submit(request, user=user, progress=progress, cancel=cancel, parent_id=parent.id)
+        return self.compare(parent, record)
+
+    def rerun_request(self, record_id: int, **changes: Any) -> tuple[GenerationRecord, GenerationRequest]:
+        """A stored generation and its request, with its input images, and with `changes` applied."""
         parent = self.gallery.get(record_id)
         request = request_from_dict(parent.params, self.stored_inputs(parent))
         if changes:
             request = request.replace(**changes)
-        record = self.submit(request, user=user, progress=progress, cancel=cancel, parent_id=parent.id)
+        return parent, request
+
+    @staticmethod
+    def compare(parent: GenerationRecord, record: GenerationRecord) -> RerunOutcome:
+        """Whether a rerun reproduced its parent, and if not, what is known to differ."""
         identical = record.status == "succeeded" and [i.sha256 for i in record.outputs] == [i.sha256 for i in parent.outputs]
         differences = [] if identical else explain_difference(parent, record)
         return RerunOutcome(record=record, parent=parent, identical=identical, differences=differences)
-
 
     def stored_inputs(self, record: GenerationRecord) -> dict[str, Image.Image]:
         """The record's input images by pixel hash, as its stored request names them."""
@@ -166,7 +328,20 @@ class Studio:
         return inputs
 
 
-def _new_generation(request: GenerationRequest, *, user: str, revision: str, parent_id: int | None) -> NewGeneration:
+def _out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+def _not_stored(what: str, error: OSError) -> str:
+    reason = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EROFS: "is read-only",
+              errno.EACCES: "is not writable", errno.EPERM: "is not writable"}.get(error.errno, "could not be written")
+    return (f"Could not {what}: the data folder {reason} ({error.strerror or error}); nothing was kept. "
+            "Free some space or fix the folder's permissions, then run it again.")
+
+
+def _new_generation(request: GenerationRequest, *, user: str, revision: str | None, parent_id: int | None) -> NewGeneration:
     return NewGeneration(
         user=user,
         task=request.task,

@@ -28,7 +28,7 @@ def test_txt2img_then_rerun_over_the_api(launched):
         "task": "txt2img", "prompt": "a yellow square on a black background", "negative_prompt": "blurry",
         "sampler": "Euler a", "num_inference_steps": 3, "guidance_scale": 6.0, "width": 64, "height": 72,
         "seed": 77, "batch_size": 2, "model": "embedded", "variation_seed": None, "variation_strength": 0.0,
-        "ip_adapter_image": None, "ip_adapter_scale": 0.6,
+        "ip_adapter_image": None, "ip_adapter_scale": 0.6, "loras": [],
     }
     assert f"Record #{record.id}" in summary
     # The files the client downloaded are the gallery's files, metadata and all.

@@ -150,6 +150,7 @@ def test_import_prints_the_request_with_our_field_names(tmp_path, capsys) -> Non
         "variation_strength": 0.0,
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
+        "loras": [],
         "unmapped": {"Model": "v1-5-pruned-emaonly", "Clip skip": "2"},
     }
 

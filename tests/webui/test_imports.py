@@ -65,6 +65,7 @@ def test_a1111_with_negative_prompt_and_schedule_type() -> None:
         "variation_strength": 0.0,
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
+        "loras": [],
     }
     assert imported.unmapped == {
         "Model": "v1-5-pruned-emaonly",
@@ -213,6 +214,7 @@ def test_comfyui_ksampler_with_linked_prompts_latent_and_checkpoint() -> None:
         "variation_strength": 0.0,
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
+        "loras": [],
     }
     assert imported.unmapped == {
         "CheckpointLoaderSimple#4.ckpt_name": "v1-5-pruned-emaonly.safetensors",
@@ -358,6 +360,7 @@ def test_invokeai_metadata() -> None:
         "variation_strength": 0.0,
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
+        "loras": [],
     }
     assert imported.unmapped == {
         "model": "Dreamshaper 8",

@@ -4,13 +4,17 @@ Browse newest first or search prompts; filter by task, person, review state,
 star, tag or board. Open a record for the full image, every parameter, its
 parent and children; star, approve or reject with a note, tag, put it on a
 board, rerun it (and see whether it reproduced), make new seeds, send it back
-to its tab, download or delete it.
+to its tab, download or delete it, or requeue one that was interrupted,
+failed or cancelled. Queued, running and interrupted generations have no
+image yet; the Status filter shows them with a placeholder tile.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import uuid
 from typing import Any
 
 import gradio as gr
@@ -18,25 +22,29 @@ import gradio as gr
 from pipelines.requests import random_seed
 from storage import GenerationRecord, RecordNotFound, StorageError
 from storage.export import export_board, export_zip
-from webui.jobs import Jobs
+from webui.jobs import Jobs, ordinal
 
 PAGE_SIZE = 24
 ANY = "any"
 TASKS = (ANY, "txt2img")
 REVIEWS = (ANY, "none", "approved", "rejected")
-STATUSES = ("succeeded", "failed", "cancelled", "running", ANY)
+STATUSES = ("succeeded", "queued", "running", "failed", "cancelled", "interrupted", ANY)
 REVIEW_BADGES = {"approved": "✅ approved", "rejected": "⛔ rejected", "none": "not reviewed"}
 
 
-def describe(record: GenerationRecord) -> str:
-    """The record's facts as Markdown (the prompt itself is shown as JSON, never as HTML)."""
+def describe(record: GenerationRecord, *, place: int | None = None) -> str:
+    """The record's facts as Markdown (the prompt itself is shown as JSON, never as HTML).
+
+    `place` is a queued record's place in line.
+    """
     when = record.created_at.strftime("%Y-%m-%d %H:%M:%S")
     seconds = (record.duration_ms or 0) / 1000
     seeds = ", ".join(str(image.seed) for image in record.outputs) or "—"
     star = "⭐ " if record.starred else ""
     lines = [
         f"### {star}Record #{record.id}",
-        f"**{record.status}** · {record.task} · by {record.user} · {when} · {seconds:.2f} s",
+        f"**{record.status}**" + (f" ({ordinal(place)} in line)" if place is not None else "")
+        + f" · {record.task} · by {record.user} · {when} · {seconds:.2f} s",
         f"**Model** `{record.model}` · revision `{(record.model_revision or '')[:12]}`",
         f"**Seeds** {seeds}",
         f"**Review** {REVIEW_BADGES.get(record.review, record.review)}"
@@ -83,7 +91,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
         return start + dt.timedelta(days=1) if end else start
 
     def placeholder(status: str) -> str:
-        """A tile for a generation with no image (failed, cancelled, running), made once."""
+        """A tile for a generation with no image (queued, running, failed, cancelled, interrupted), made once."""
         path = jobs.studio.settings.data_dir / "placeholders" / f"{status}.png"
         if not path.is_file():
             from PIL import Image, ImageDraw
@@ -91,7 +99,10 @@ def build(jobs: Jobs) -> dict[str, Any]:
             path.parent.mkdir(exist_ok=True)
             tile = Image.new("RGB", (128, 128), (225, 225, 225))
             ImageDraw.Draw(tile).text((12, 56), status, fill=(90, 90, 90))
-            tile.save(path)
+            # Under a private name first: two pages asking at once never read half a tile.
+            private = path.with_name(f"{status}.{uuid.uuid4().hex}.png")
+            tile.save(private)
+            os.replace(private, path)
         return str(path)
 
     def filters(text, scope, who, model, task, review, starred, tag, board, since, until, status,
@@ -164,6 +175,14 @@ def build(jobs: Jobs) -> dict[str, Any]:
         except RecordNotFound as error:
             raise gr.Error(str(error)) from None
 
+    def place(record: GenerationRecord) -> int | None:
+        if record.status != "queued":
+            return None
+        try:
+            return gallery.queue_position(record.id)
+        except StorageError:  # claimed, or cancelled, since it was read
+            return None
+
     def view(record: GenerationRecord, verdict: str = "") -> tuple:
         image = str(gallery.path(record.outputs[0].path)) if record.outputs else None
         others = [str(gallery.path(i.path)) for i in record.images if i.role != "output"]
@@ -173,7 +192,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
             image,
             outputs,
             gr.update(value=others, visible=bool(others)),
-            describe(record),
+            describe(record, place=place(record)),
             lineage(record, gallery.children(record.id)),
             record.params,
             verdict,
@@ -236,6 +255,16 @@ def build(jobs: Jobs) -> dict[str, Any]:
         gr.Info(f"Deleted record #{record.id} and its files.")
         return (None, None, [], gr.update(value=[], visible=False), "", "", None, f"Record #{record.id} deleted.", "",
                 gr.update(value=None, interactive=False))
+
+    def requeue(record_id: float | None, request: gr.Request) -> tuple:
+        """Queue an interrupted, failed or cancelled generation again, as its child; its owner or an admin only."""
+        record = load(record_id)
+        again = guarded(lambda: gallery.requeue(record.id, by=jobs.user(request), is_admin=jobs.is_admin(request)))
+        workers = jobs.studio.workers
+        workers.start()
+        workers.moved()  # an idle worker takes it now rather than at its next look
+        return view(gallery.get(again.id), f"Queued again as #{again.id}, a child of #{record.id}; it runs when its "
+                                           "turn comes and shows up here when done.")
 
     def rerun(record_id: float | None, request: gr.Request, progress=gr.Progress()) -> tuple:
         return _run_again(record_id, request, progress)
@@ -323,6 +352,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
                 variation_count = gr.Slider(1, 8, value=4, step=1, label="New seeds", scale=1)
                 variations_button = gr.Button("New seeds")
                 send_button = gr.Button("Send to Text to image")
+                requeue_button = gr.Button("↻ Requeue")
             verdict = gr.Markdown()
             description = gr.Markdown()
             family = gr.Markdown()
@@ -384,10 +414,11 @@ def build(jobs: Jobs) -> dict[str, Any]:
     ).success(newest, outputs=refresh, queue=False,
               api_visibility="private")
     record_id.change(lambda: gr.update(visible=False), outputs=confirm_delete, queue=False, api_visibility="private")
-    gpu = {"concurrency_id": "gpu", "concurrency_limit": jobs.studio.settings.gpu_workers}
-    rerun_event = rerun_button.click(rerun, inputs=record_id, outputs=record_view, api_name="rerun", **gpu)
+    rerun_event = rerun_button.click(rerun, inputs=record_id, outputs=record_view, api_name="rerun", **jobs.gpu_event)
     variations_event = variations_button.click(variations, inputs=[record_id, variation_count], outputs=record_view,
-                                               api_name="variations", **gpu)
-    for event in (rerun_event, variations_event):
+                                               api_name="variations", **jobs.gpu_event)
+    requeue_event = requeue_button.click(requeue, inputs=record_id, outputs=record_view, api_name="requeue",
+                                         queue=False)
+    for event in (rerun_event, variations_event, requeue_event):
         event.success(newest, outputs=refresh, queue=False, api_visibility="private")
     return {"refresh": newest, "outputs": refresh, "send_button": send_button, "record_id": record_id, "load": load}
