@@ -381,7 +381,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: `atelier --help` should not wait for torch.
     from pipelines.engine import ModelError
     from storage import RecordNotFound
-    from webui.studio import Studio
+    from webui.studio import Studio, StudioError
 
     if args.command == "generate":
         request = _generate_request(args, settings)
@@ -416,6 +416,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     except (ModelError, RecordNotFound) as error:
         print(f"atelier: {error}", file=sys.stderr)
         return 2
+    except StudioError as error:  # out of memory, a full or read-only data folder: the run failed, nothing half written
+        print(f"atelier: {error}", file=sys.stderr)
+        return 1
     finally:
         studio.close()
 

@@ -54,6 +54,14 @@ class Settings:
     gpu_workers: int = 1  # concurrent generations; one per GPU
     lease_seconds: float = 30.0  # a running job whose process stops renewing this long is interrupted
     queue_limit: int = 100  # queued jobs at most; beyond, a submit is refused and nothing is written
+    max_models: int = 2  # models kept loaded; switching beyond this drops the least recently used
+    loras_dir: str = ""  # empty: the data folder's loras/
+    ip_adapter_sd15: str = ""  # a local IP-Adapter folder for SD 1.5 models; empty: the Hugging Face cache
+    ip_adapter_sdxl: str = ""  # the same for SDXL
+    attention: str = "sdpa"  # sdpa, math or xformers
+    vae_tiling: str = "auto"  # auto (above 1536x1536), on or off
+    cpu_offload: str = ""  # "1": keep model parts in CPU memory until used (small GPUs)
+    compile: str = ""  # "1": torch.compile the UNet / transformer
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -65,6 +73,22 @@ class Settings:
             raise SettingsError(f"ATELIER_LEASE_SECONDS must be more than 0 seconds; got {self.lease_seconds:g}.")
         if self.queue_limit < 1:
             raise SettingsError(f"ATELIER_QUEUE_LIMIT must be at least 1; got {self.queue_limit}.")
+        if self.max_models < 1:
+            raise SettingsError(f"ATELIER_MAX_MODELS must be at least 1; got {self.max_models}.")
+        for name in ("cpu_offload", "compile"):
+            if getattr(self, name) not in ("", "0", "1"):
+                raise SettingsError(f"ATELIER_{name.upper()} must be 1 (on) or 0 (off); got {getattr(self, name)!r}.")
+
+    @property
+    def loras_folder(self) -> Path:
+        return Path(self.loras_dir).expanduser() if self.loras_dir else self.data_dir / "loras"
+
+    def switches(self):
+        """The engine's memory and speed switches (pipelines.engine.Switches)."""
+        from pipelines.engine import Switches
+
+        return Switches(attention=self.attention, vae_tiling=self.vae_tiling, cpu_offload=self.cpu_offload == "1",
+                        compile=self.compile == "1")
 
     @property
     def gallery_url(self) -> str:

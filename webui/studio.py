@@ -99,10 +99,16 @@ class Studio:
             if self._engine is None:
                 from pipelines.engine import Engine
 
+                settings = self.settings
                 self._engine = Engine(
-                    device=self.settings.device or None,
-                    dtype=self.settings.dtype or None,
-                    text_cache_size=self.settings.text_cache_size,
+                    device=settings.device or None,
+                    dtype=settings.dtype or None,
+                    text_cache_size=settings.text_cache_size,
+                    max_models=settings.max_models,
+                    switches=settings.switches(),
+                    loras_dir=settings.loras_folder,
+                    ip_adapter_folders={family: folder for family, folder in
+                                        (("sd", settings.ip_adapter_sd15), ("sdxl", settings.ip_adapter_sdxl)) if folder},
                 )
             return self._engine
 
@@ -134,9 +140,9 @@ class Studio:
     ) -> GenerationRecord:
         """Run a request now, in this thread, without waiting in the queue (the CLI's way)."""
         started = time.perf_counter()
-        # 1. Load the model before writing anything: a model that cannot be
-        #    found is bad input, and bad input leaves no record.
-        loaded = self.engine.load(request.model)
+        # 1. Load the model and check the request against it before writing
+        #    anything: bad input (a model, LoRA or reference it cannot use) leaves no record.
+        loaded = self.engine.check(request)
         load_ms = _elapsed_ms(started)
         # 2. The record exists, "running", while the engine works.
         record = self.gallery.start(_new_generation(request, user=user, revision=loaded.revision, parent_id=parent_id))
@@ -157,6 +163,10 @@ class Studio:
         # 1. Check before writing: the model must exist (loading it waits for
         #    the GPU, so only its source is checked here), and the queue have room.
         resolve_source(request.model)
+        if request.loras:
+            from pipelines import lora
+
+            lora.resolve(request.loras, self.settings.loras_folder)
         inputs = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
         new = _new_generation(request, user=user, revision=None, parent_id=parent_id)
         with self._enqueue_lock:
@@ -277,15 +287,7 @@ class Studio:
 
     def _free_memory(self) -> None:
         """Drop what the engine keeps between runs, so the memory a failed run held can be used again."""
-        import gc
-
-        import torch
-
-        engine = self.engine
-        engine.text_cache.clear()
-        gc.collect()  # the failed call's tensors are garbage only once its frames are
-        if engine.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.engine.free_memory()
 
     def rerun(
         self,
