@@ -10,6 +10,7 @@ import gradio as gr
 
 from storage import Users
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
+from webui.models import find, load_models
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tabs import gallery as gallery_tab
@@ -24,16 +25,22 @@ CSS = """
 def build_app(studio: Studio) -> gr.Blocks:
     jobs = Jobs(studio)
     with gr.Blocks(title="Atelier") as app:
-        gr.Markdown(f"# Atelier\nModel: `{studio.settings.model}` · data: `{studio.settings.data_dir}`", elem_id="atelier-header")
+        models = load_models(studio.settings.data_dir, studio.settings.model)
+        with gr.Row():
+            gr.Markdown(f"# Atelier\ndata: `{studio.settings.data_dir}`", elem_id="atelier-header")
+            # One picker above the tabs, so it is there in every tab; requests record the model's source.
+            picker = gr.Dropdown([m.name for m in models], value=find(models, studio.settings.model).name,
+                                 label="Model", scale=1)
+            picked = gr.Markdown()
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
-                txt2img = txt2img_tab.build(jobs)
+                txt2img = txt2img_tab.build(jobs, picker)
             with gr.Tab("Image to image", id="img2img"):
-                img2img = image_tasks.build_img2img(jobs)
+                img2img = image_tasks.build_img2img(jobs, picker)
             with gr.Tab("Product background", id="inpaint"):
-                inpaint = image_tasks.build_inpaint(jobs)
+                inpaint = image_tasks.build_inpaint(jobs, picker)
             with gr.Tab("ControlNet", id="controlnet"):
-                controlnet = image_tasks.build_controlnet(jobs)
+                controlnet = image_tasks.build_controlnet(jobs, picker)
             with gr.Tab("Gallery", id="gallery"):
                 gallery = gallery_tab.build(jobs)
         # A new image shows up in the gallery without a manual refresh.
@@ -54,6 +61,27 @@ def build_app(studio: Studio) -> gr.Blocks:
         gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs],
                                      api_name="send_to_tab", queue=False)
         app.load(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
+
+        def pick(name, progress=gr.Progress()):
+            """Load the picked model now (with a progress message), and give the tabs its settings."""
+            entry = find(models, name)
+            if entry is None:
+                raise gr.Error(f"model must be one of {', '.join(m.name for m in models)}; got {name!r}.")
+            progress(0, desc=f"Loading {entry.name}…")
+            try:
+                loaded = studio.engine.load(entry.source)
+            except Exception as error:  # a missing file, an unsupported model: said, and the old one stays
+                raise gr.Error(f"{entry.name} could not be loaded: {error}") from None
+            defaults = entry.defaults()
+            note = (f"**{entry.name}** loaded ({loaded.family}, revision `{loaded.revision[:12]}`); "
+                    f"{len(studio.engine.resident())} of {studio.engine.max_models} models in memory.")
+            if not entry.negative_prompt_applies:
+                note += " Its guidance is built in: no negative prompt, sampler Euler."
+            updates = [defaults[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
+            return [note, *updates, gr.update(visible=entry.negative_prompt_applies, value="")]
+
+        fields_for_model = [fields[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
+        picker.change(pick, inputs=picker, outputs=[picked, *fields_for_model, fields["negative_prompt"]], api_name="pick_model")
     # The GPU events only queue a job and wait for it (webui/jobs.py); the
     # workers are the GPU's concurrency. Every handler in the "gpu" group gets
     # the waiting limit, whatever its tab asked for: Gradio takes the lowest

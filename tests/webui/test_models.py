@@ -44,3 +44,48 @@ def test_a_bad_list_names_the_entry_and_the_field(tmp_path, content, message):
     (tmp_path / "models.json").write_text(content)
     with pytest.raises(ModelListError, match=message):
         load_models(tmp_path)
+
+
+def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_gone(tmp_path, tiny_sd_folder):
+    import shutil
+
+    from gradio_client import Client
+
+    from webui.app import launch
+    from webui.settings import Settings
+    from webui.studio import Studio
+
+    from .conftest import free_port
+
+    copy = tmp_path / "tiny-sd"
+    shutil.copytree(tiny_sd_folder, copy)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models.json").write_text(json.dumps([{"name": "Tiny SD", "source": str(copy), "family": "sd",
+                                                  "width": 64, "height": 64, "num_inference_steps": 2}]))
+    settings = Settings(data_dir=data, user="ada", port=free_port())
+    studio = Studio.from_settings(settings)
+    app = launch(studio, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        note, sampler, steps, guidance, width, height, negative = client.predict("Tiny SD", api_name="/pick_model")
+        assert "**Tiny SD** loaded (sd" in note and (steps, width, height) == (2, 64, 64)
+        _, _, details = client.predict("a red square", "", sampler, steps, guidance, width, height, 7, 1, 1, -1, 0.1,
+                                       "Tiny SD", api_name="/txt2img")
+        record = studio.gallery.get(details["id"])
+        assert record.model == str(copy) and record.model_revision == studio.engine.load(str(copy)).revision
+    finally:
+        app.close()
+        studio.close()
+    # The weights are deleted; a fresh studio's rerun says so and writes nothing.
+    shutil.rmtree(copy)
+    again = Studio.from_settings(settings)
+    try:
+        before = again.gallery.count()
+        from pipelines.engine import ModelError
+
+        with pytest.raises(ModelError, match="not on this machine"):
+            again.rerun(record.id, user="ada")
+        assert again.gallery.count() == before
+    finally:
+        again.close()

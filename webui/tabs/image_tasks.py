@@ -80,10 +80,15 @@ def _runner(jobs: Jobs, make: Callable[..., Any], count: int) -> Callable[..., A
     """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it."""
     studio = jobs.studio
 
+    from webui.models import load_models
+    from webui.tabs.txt2img import _source
+
+    models = load_models(studio.settings.data_dir, studio.settings.model)
+
     def run(*arguments):
-        *values, request, progress = arguments
+        *values, model_name, request, progress = arguments
         try:
-            generation = make(*values)
+            generation = make(*values, model=_source(models, model_name, studio.settings.model))
         except (RequestError, ValueError, TypeError) as error:
             raise gr.Error(str(error)) from None
         progress((0, generation.num_inference_steps), desc="Denoising", unit="steps")
@@ -108,8 +113,11 @@ def _runner(jobs: Jobs, make: Callable[..., Any], count: int) -> Callable[..., A
     return run
 
 
-def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], api_name: str):
+def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], api_name: str, picker=None):
     studio = jobs.studio
+    # The model picker comes last; an API client may leave it out (the studio's own model).
+    picker = picker if picker is not None else gr.State(None)
+    inputs = [*inputs, picker]
     event = gr.on(
         [widgets["run"].click],
         _runner(jobs, handler, len(inputs)),
@@ -126,7 +134,7 @@ def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], 
 # -- Image to image ------------------------------------------------------------------
 
 
-def build_img2img(jobs: Jobs) -> dict[str, Any]:
+def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, Any]:
     model = jobs.studio.settings.model
     defaults = model_defaults(model)
     with gr.Row():
@@ -141,19 +149,19 @@ def build_img2img(jobs: Jobs) -> dict[str, Any]:
         with gr.Column(scale=5):
             outputs = _outputs()
 
-    def make(picture, prompt_text, negative_text, strength_value, mode, *values):
+    def make(picture, prompt_text, negative_text, strength_value, mode, *values, model=model):
         return build_request("img2img", prompt=prompt_text, negative_prompt=negative_text, model=model,
                              image=upload(picture, field="image"), strength=float(strength_value), resize_mode=mode,
                              **_common(list(values)))
 
     inputs = [image, prompt, negative, strength, resize_mode, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "img2img")}
+    return {"generated": _wire(jobs, outputs, inputs, make, "img2img", picker)}
 
 
 # -- Product background ----------------------------------------------------------------
 
 
-def build_inpaint(jobs: Jobs) -> dict[str, Any]:
+def build_inpaint(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, Any]:
     model = jobs.studio.settings.model
     defaults = model_defaults(model)
     with gr.Row():
@@ -206,7 +214,8 @@ def build_inpaint(jobs: Jobs) -> dict[str, Any]:
         return {"background": image.convert("RGBA"), "layers": [_paint(background, image.size)], "composite": None}, \
             masks.overlay(image, background)
 
-    def make(picture, value, how, prompt_text, negative_text, grow_px, feather_px, padding_px, strength_value, *values):
+    def make(picture, value, how, prompt_text, negative_text, grow_px, feather_px, padding_px, strength_value, *values,
+             model=model):
         image = upload(picture, field="image")
         painted = masks.mask_from_editor(value, image.size) if isinstance(value, dict) else None
         return build_request(
@@ -222,7 +231,7 @@ def build_inpaint(jobs: Jobs) -> dict[str, Any]:
                                         api_visibility="private")
     invert.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint"), "editor": editor}
+    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint", picker), "editor": editor}
 
 
 def _cleared(trigger: Callable[..., Any], editor: gr.ImageEditor):
@@ -240,7 +249,7 @@ def _paint(background: Image.Image, size: tuple[int, int]) -> Image.Image:
 # -- ControlNet ----------------------------------------------------------------------
 
 
-def build_controlnet(jobs: Jobs) -> dict[str, Any]:
+def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, Any]:
     model = jobs.studio.settings.model
     defaults = model_defaults(model)
     family = "embedded" if model == "embedded" else None
@@ -295,7 +304,8 @@ def build_controlnet(jobs: Jobs) -> dict[str, Any]:
             raise gr.Error(str(error)) from None
 
     def make(picture, name, low_value, high_value, net, scale_value, start_value, end_value, picture_2, name_2,
-             net_2, scale_2, init_picture, mask_picture, strength_value, mode, prompt_text, negative_text, *values):
+             net_2, scale_2, init_picture, mask_picture, strength_value, mode, prompt_text, negative_text, *values,
+             model=model):
         from pipelines.requests import ControlNetRequest, ControlUnit, ImageRef
 
         first = build_request(
@@ -316,4 +326,4 @@ def build_controlnet(jobs: Jobs) -> dict[str, Any]:
     preview_button.click(show, inputs=[control, preprocessor, low, high], outputs=preview, api_name="control_preview")
     inputs = [control, preprocessor, low, high, controlnet, scale, start, end, second, second_preprocessor,
               second_controlnet, second_scale, init, mask, strength, resize_mode, prompt, negative, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet")}
+    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet", picker)}

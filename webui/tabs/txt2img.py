@@ -38,19 +38,30 @@ def record_details(record, gallery) -> dict[str, Any]:
     }
 
 
+def _source(models, name, started_with: str) -> str:
+    """The picked model's source, which the request records; the studio's own model when none is picked."""
+    from webui.models import find
+
+    entry = find(models, name) if name else None
+    return entry.source if entry is not None else started_with
+
+
 # The request fields this tab shows, in the order of its widgets.
 FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidance_scale", "width", "height", "seed",
           "batch_size")
 
 
-def build(jobs: Jobs) -> dict[str, gr.components.Component]:
+def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.components.Component]:
     studio = jobs.studio
     defaults = model_defaults(studio.settings.model)
+    from webui.models import find, load_models
+
+    models = load_models(studio.settings.data_dir, studio.settings.model)
 
     # -- functions --------------------------------------------------------
 
     def generate(prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                 batch_count=1, variation_seed=-1, variation_strength=0.0,
+                 batch_count=1, variation_seed=-1, variation_strength=0.0, model_name=None,
                  request: gr.Request = None, progress=gr.Progress()):
         try:
             seed = int(seed)
@@ -65,7 +76,7 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
                 height=int(height),
                 seed=random_seed() if seed == -1 else seed,
                 batch_size=int(batch_size),
-                model=studio.settings.model,
+                model=_source(models, model_name, studio.settings.model),
                 variation_seed=None if variation == -1 else variation,
                 variation_strength=float(variation_strength) if variation != -1 else 0.0,
             )
@@ -160,7 +171,7 @@ def build(jobs: Jobs) -> dict[str, gr.components.Component]:
         [generate_button.click, prompt.submit],
         generate,
         inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                batch_count, variation_seed, variation_strength],
+                batch_count, variation_seed, variation_strength, *([picker] if picker is not None else [])],
         outputs=[images, summary, details, last_seed],
         api_name="txt2img",
         concurrency_id="gpu",
