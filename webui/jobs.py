@@ -83,10 +83,21 @@ class Jobs:
                 self._users = Users(url=self.studio.settings.gallery_url)
             return self._users
 
-    def submit(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn) -> GenerationRecord:
-        """Queue a request for this session, wait for its turn and its run; the ended record (or gr.Error)."""
+    def submit(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn,
+               watch: Callable[[Ticket], None] | None = None) -> GenerationRecord:
+        """Queue a request for this session, wait for its turn and its run; the ended record (or gr.Error).
+
+        ``watch`` gets the job's ticket once it is queued (a tab reads its previews from it).
+        """
         user = self.user(request)
-        return self._wait(request, lambda: self.studio.workers.enqueue(generation, user=user), progress)
+
+        def enqueue() -> Ticket:
+            ticket = self.studio.workers.enqueue(generation, user=user)
+            if watch is not None:
+                watch(ticket)
+            return ticket
+
+        return self._wait(request, enqueue, progress)
 
     def rerun(self, record_id: int, *, request: gr.Request, progress: ProgressFn, **changes: Any) -> RerunOutcome:
         """Queue a stored request again (with `changes`) as its record's child, and compare the two."""

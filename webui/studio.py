@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -180,7 +181,8 @@ class Studio:
                 raise StudioError(_not_stored("queue the request", error)) from error
 
     def run_job(
-        self, record: GenerationRecord, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None
+        self, record: GenerationRecord, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+        preview: Callable[[Any], None] | None = None,
     ) -> GenerationRecord:
         """Run a job a worker claimed (status "running"), and end it: succeeded, failed or cancelled.
 
@@ -205,7 +207,7 @@ class Studio:
             waited_ms = max(0, round((record.started_at - record.created_at).total_seconds() * 1000))
         timings = {"wait_ms": waited_ms, "load_ms": _elapsed_ms(started)}
         return self._run(record, request, inputs=[], revision=loaded.revision, timings=timings, started=started,
-                         progress=progress, cancel=cancel)
+                         progress=progress, cancel=cancel, preview=preview)
 
     def _run(
         self,
@@ -218,11 +220,12 @@ class Studio:
         started: float,
         progress: ProgressFn | None,
         cancel: CancelToken | None,
+        preview: Callable[[Any], None] | None = None,
     ) -> GenerationRecord:
         """Run a recorded generation and end its record; `revision` is recorded at the end (queued jobs)."""
         # 1. Generate; a failure or a cancel is recorded as such, never as a result.
         try:
-            result = self.engine.run(request, progress=progress, cancel=cancel)
+            result = self.engine.run(request, progress=progress, cancel=cancel, preview=preview)
         except BaseException as error:
             # Ctrl-C in the CLI is the user stopping the run, not a fault.
             stopped = isinstance(error, KeyboardInterrupt)

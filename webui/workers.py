@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.requests import GenerationRequest, RequestError
 from storage import Gallery, GenerationRecord, LeaseLost, NotAllowed, RecordNotFound, StorageError
@@ -56,6 +56,7 @@ class Ticket:
         self._done = False
         self._record: GenerationRecord | None = None
         self._error: str | None = None
+        self.latest_preview: Any = None  # the engine's latest preview picture, for a tab that shows it
 
     @property
     def running(self) -> bool:
@@ -70,6 +71,10 @@ class Ticket:
     def step(self, step: int, total: int) -> None:
         """The engine's progress callback for this job."""
         self._update(step=(step, total))
+
+    def preview(self, image: Any) -> None:
+        """The engine's preview callback: the picture forming, every few steps."""
+        self.latest_preview = image
 
     def ended(self, record: GenerationRecord) -> None:
         self._update(done=True, record=record)
@@ -289,7 +294,8 @@ class Workers:
         from webui.studio import StudioError
 
         try:
-            ended = self.studio.run_job(record, progress=ticket.step, cancel=ticket.cancel)
+            preview = ticket.preview if ticket.watched else None
+            ended = self.studio.run_job(record, progress=ticket.step, cancel=ticket.cancel, preview=preview)
         except LeaseLost as error:
             # The job was marked interrupted (this process stalled past its lease);
             # whoever waits is told, and the gallery offers a requeue.

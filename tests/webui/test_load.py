@@ -64,11 +64,11 @@ class Held:
         engine, studio = self.studio.engine, self.studio
         run, enqueue = engine.run, studio.enqueue
 
-        def held_run(request, *, progress=None, cancel=None):
+        def held_run(request, *, progress=None, cancel=None, preview=None):
             if request.prompt.startswith("hold"):
                 self.holding.set()
                 self.released.wait(120)
-            return run(request, progress=progress, cancel=cancel)
+            return run(request, progress=progress, cancel=cancel, preview=preview)
 
         def counted_enqueue(*args, **kwargs):
             try:

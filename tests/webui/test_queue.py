@@ -57,13 +57,13 @@ class Gate:
         self._run = engine.run
         engine.run = self.run  # the instance's attribute, so only this studio's engine is held
 
-    def run(self, request, *, progress=None, cancel=None):
+    def run(self, request, *, progress=None, cancel=None, preview=None):
         if request.prompt.startswith("hold"):
             self.holding.set()
             while not self.released.wait(0.02):
                 if cancel is not None and cancel.cancelled:
                     break
-        return self._run(request, progress=progress, cancel=cancel)
+        return self._run(request, progress=progress, cancel=cancel, preview=preview)
 
     def reset(self) -> None:
         self.holding.clear()

@@ -246,3 +246,16 @@ def test_batch_count_and_a_variation_seed_over_the_api(launched):
                                           **SETTINGS), user="ada")
     near = np.asarray(Image.open(studio.gallery.path(made[0].outputs[0].path)), dtype=int)
     assert classify(Image.open(studio.gallery.path(plain.outputs[0].path))).background == classify(near.astype(np.uint8)).background
+
+
+def test_text_to_image_shows_the_picture_forming(launched):
+    """The tab streams previews while the job runs (the API sees them as intermediate outputs), then the result."""
+    studio, url = launched
+    client = Client(url, verbose=False)
+    job = client.submit("a white square on a green background", "", "Euler", 60, 5.0, 64, 64, 5, 1, api_name="/txt2img")
+    final = job.result()
+    forming = [output for output in job.outputs()[:-1] if "Forming" in str(output[1])]
+    assert forming, "no preview was shown while the image formed"
+    assert all(len(output[0]) == 1 for output in forming)  # the preview, in the images area
+    record = studio.gallery.get(final[2]["id"])
+    assert record.status == "succeeded" and classify(stored(studio, record, "output")[0]).background == "green"

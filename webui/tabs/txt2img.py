@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from typing import Any
 
 import gradio as gr
@@ -45,6 +47,8 @@ def _source(models, name, started_with: str) -> str:
     entry = find(models, name) if name else None
     return entry.source if entry is not None else started_with
 
+
+PREVIEW_POLL_SECONDS = 0.25  # how often the tab looks for a newer preview while a job runs
 
 # The request fields this tab shows, in the order of its widgets.
 FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidance_scale", "width", "height", "seed",
@@ -92,11 +96,31 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
             text2img = first.replace(seed=(first.seed + seeds_so_far) % (MAX_SEED + 1))
             desc = f"Batch {number + 1} of {count}: denoising" if count > 1 else "Denoising"
             progress((0, text2img.num_inference_steps), desc=desc, unit="steps")
-            record = jobs.submit(
-                text2img,
-                request=request,
-                progress=lambda step, total, desc=desc: progress((step, total), desc=desc, unit="steps"),
-            )
+            # The job runs in the background while this handler shows its previews as they come.
+            ticket, finished = [], {}
+
+            def run(text2img=text2img, desc=desc):
+                try:
+                    finished["record"] = jobs.submit(
+                        text2img, request=request, watch=ticket.append,
+                        progress=lambda step, total: progress((step, total), desc=desc, unit="steps"),
+                    )
+                except BaseException as error:  # handed to the handler's thread below
+                    finished["error"] = error
+
+            # Gradio finds the event's progress bar through context variables: the thread gets this one's.
+            worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+            worker.start()
+            shown = None
+            while worker.is_alive():
+                worker.join(PREVIEW_POLL_SECONDS)
+                latest = ticket[0].latest_preview if ticket else None
+                if latest is not None and latest is not shown:
+                    shown = latest
+                    yield paths + [latest], f"Forming… (batch {number + 1} of {count})", gr.update(), gr.update()
+            if "error" in finished:
+                raise finished["error"]
+            record = finished["record"]
             records.append(record)
             if record.status == "cancelled":
                 gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
@@ -104,12 +128,13 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
             paths += [str(studio.gallery.path(image.path)) for image in record.outputs]
         last = records[-1]
         if last.status == "cancelled":
-            return paths, f"**Record #{last.id}** · cancelled", record_details(last, studio.gallery), first.seed
+            yield paths, f"**Record #{last.id}** · cancelled", record_details(last, studio.gallery), first.seed
+            return
         seconds = sum(r.timings.get("total_ms", 0) for r in records) / 1000
         summary = "  \n".join(record_summary(r, seconds=r.timings.get("total_ms", 0) / 1000) for r in records)
         if len(records) > 1:
             summary += f"  \n{len(records)} batches in {seconds:.2f} s"
-        return paths, summary, record_details(last, studio.gallery), first.seed
+        yield paths, summary, record_details(last, studio.gallery), first.seed
 
     def import_parameters(path: str | None) -> list:
         """Fill every field from a PNG's metadata (Atelier, AUTOMATIC1111, ComfyUI, InvokeAI)."""
