@@ -71,7 +71,7 @@ def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_go
         note, sampler, steps, guidance, width, height, negative = client.predict("Tiny SD", api_name="/pick_model")
         assert "**Tiny SD** loaded (sd" in note and (steps, width, height) == (2, 64, 64)
         _, _, details = client.predict("a red square", "", sampler, steps, guidance, width, height, 7, 1, 1, -1, 0.1,
-                                       "Tiny SD", api_name="/txt2img")
+                                       [], "", None, 0.6, "Tiny SD", api_name="/txt2img")
         record = studio.gallery.get(details["id"])
         assert record.model == str(copy) and record.model_revision == studio.engine.load(str(copy)).revision
     finally:

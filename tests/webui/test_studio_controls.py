@@ -60,3 +60,27 @@ def test_the_settings_reach_the_engine(tmp_path, monkeypatch):
         assert (environment["attention"], environment["vae_tiling"]) == ("math", "on")
     finally:
         studio.close()
+
+
+def test_a_lora_and_a_weighted_prompt_over_the_api(launched):
+    from gradio_client import Client
+
+    studio, url = launched
+    folder = studio.settings.loras_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lora(folder / "poster.safetensors", studio.engine.load("embedded").base, seed=8)
+    client = Client(url, verbose=False)
+    _, summary, details = client.predict(
+        "a (yellow:1.2) circle on a black background", "", "DPM++ 2M", 20, 5.0, 64, 64, 3, 1, 1, -1, 0.1,
+        ["poster"], "0.7", None, 0.6, api_name="/txt2img",
+    )
+    record = studio.gallery.get(details["id"])
+    assert record.params["loras"] == [["poster", 0.7]] and record.environment["loras"][0]["name"] == "poster"
+    assert record.prompt == "a (yellow:1.2) circle on a black background"
+    try:
+        client.predict("a circle", "", "DPM++ 2M", 20, 5.0, 64, 64, 3, 1, 1, -1, 0.1, ["poster"], "0.7, 0.2",
+                       None, 0.6, api_name="/txt2img")
+    except Exception as error:
+        assert "LoRA weights must be one per picked LoRA" in str(error)
+    else:
+        raise AssertionError("two weights for one LoRA were accepted")

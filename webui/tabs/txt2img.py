@@ -8,7 +8,9 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.images import load_image
 from pipelines.requests import (
+    ImageRef,
     MAX_BATCH,
     MAX_SEED,
     MAX_SIZE,
@@ -40,6 +42,18 @@ def record_details(record, gallery) -> dict[str, Any]:
     }
 
 
+def _loras(names: list[str], weights: str) -> tuple[tuple[str, float], ...]:
+    """The picked LoRAs with the typed weights ("0.8, 0.5"), 1 for each one not given."""
+    given = [part.strip() for part in weights.split(",") if part.strip()]
+    if len(given) > len(names):
+        raise RequestError(f"LoRA weights must be one per picked LoRA; got {len(given)} for {len(names)}.")
+    try:
+        values = [float(part) for part in given]
+    except ValueError:
+        raise RequestError(f"LoRA weights must be numbers separated by commas; got {weights!r}.") from None
+    return tuple((name, values[i] if i < len(values) else 1.0) for i, name in enumerate(names))
+
+
 def _source(models, name, started_with: str) -> str:
     """The picked model's source, which the request records; the studio's own model when none is picked."""
     from webui.models import find
@@ -65,9 +79,12 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
     # -- functions --------------------------------------------------------
 
     def generate(prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                 batch_count=1, variation_seed=-1, variation_strength=0.0, model_name=None,
+                 batch_count=1, variation_seed=-1, variation_strength=0.0, lora_names=None, lora_weights=None,
+                 reference=None, reference_scale=0.6, model_name=None,
                  request: gr.Request = None, progress=gr.Progress()):
         try:
+            loras = _loras(lora_names or [], lora_weights or "")
+            reference_ref = ImageRef.of(load_image(reference, field="ip_adapter_image")) if reference is not None else None
             seed = int(seed)
             variation = int(variation_seed)
             first = Text2ImgRequest(
@@ -83,6 +100,9 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 model=_source(models, model_name, studio.settings.model),
                 variation_seed=None if variation == -1 else variation,
                 variation_strength=float(variation_strength) if variation != -1 else 0.0,
+                loras=loras,
+                ip_adapter_image=reference_ref,
+                ip_adapter_scale=float(reference_scale),
             )
             count = int(batch_count)
             if not 1 <= count <= MAX_BATCH:
@@ -174,6 +194,17 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
+            with gr.Accordion("Style: LoRAs and a reference image", open=False):
+                from pipelines import lora as lora_files
+
+                listed = [f.name for f in lora_files.available(studio.settings.loras_folder) if f.problem is None]
+                with gr.Row():
+                    lora_names = gr.Dropdown(listed, multiselect=True, allow_custom_value=True,
+                                             label=f"LoRAs ({studio.settings.loras_folder})")
+                    lora_weights = gr.Textbox(label="Their weights, in order (default 1)", placeholder="0.8, 0.5")
+                with gr.Row():
+                    reference = gr.Image(label="Reference image (IP-Adapter)", type="pil", sources=["upload", "clipboard"])
+                    reference_scale = gr.Slider(0, 2, value=0.6, step=0.05, label="Reference strength")
             with gr.Accordion("Batches and variations", open=False):
                 with gr.Row():
                     batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
@@ -196,7 +227,8 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
         [generate_button.click, prompt.submit],
         generate,
         inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                batch_count, variation_seed, variation_strength, *([picker] if picker is not None else [])],
+                batch_count, variation_seed, variation_strength, lora_names, lora_weights, reference, reference_scale,
+                *([picker] if picker is not None else [])],
         outputs=[images, summary, details, last_seed],
         api_name="txt2img",
         concurrency_id="gpu",
