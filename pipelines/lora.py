@@ -69,7 +69,9 @@ class LoraFile:
 
 def check_weight(name: str, weight: Any) -> float:
     """A LoRA weight as a float, or a LoraError naming the LoRA and the range."""
-    ok = not isinstance(weight, bool) and isinstance(weight, (int, float)) and math.isfinite(weight)
+    ok = not isinstance(weight, bool) and isinstance(weight, (int, float))
+    # An int is finite; math.isfinite would overflow on one past float's range (JSON allows it).
+    ok = ok and (isinstance(weight, int) or math.isfinite(weight))
     if not ok or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
         raise LoraError(f"the weight of LoRA {name!r} must be a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}; got {weight!r}.")
     return float(weight)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
-from pipelines.requests import MAX_SEED, RequestError
+from pipelines.requests import MAX_SEED, RequestError, names_of
 
 ANNOTATORS = "lllyasviel/Annotators"
 
@@ -461,7 +461,8 @@ def _check_value(name: str, key: str, spec: Param, value: Any) -> Any:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if spec.kind == "int":
         # 100.0 is accepted as 100: UI sliders may send whole numbers as floats.
-        if not is_number or not float(value).is_integer() or not spec.min <= value <= spec.max:
+        # The range first: float() of an int past float's range (JSON allows it) would overflow.
+        if not is_number or not spec.min <= value <= spec.max or not float(value).is_integer():
             raise RequestError(f"{key} for {name} must be a whole number from {spec.min} to {spec.max}; got {value!r}.")
         return int(value)
     if not is_number or not spec.min <= value <= spec.max:
@@ -476,7 +477,7 @@ def check_params(name: str, **params: Any) -> dict[str, Any]:
     unknown = sorted(set(params) - set(entry.params))
     if unknown:
         allowed = ", ".join(entry.params) or "none"
-        raise RequestError(f"{name} has no parameter {', '.join(unknown)}; allowed: {allowed}.")
+        raise RequestError(f"{name} has no parameter {names_of(unknown)}; allowed: {allowed}.")
     values = {key: _check_value(name, key, spec, params.get(key, spec.default)) for key, spec in entry.params.items()}
     if name == "canny" and values["low_threshold"] > values["high_threshold"]:
         # cv2.Canny would silently swap them.

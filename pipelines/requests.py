@@ -40,6 +40,11 @@ class RequestError(ValueError):
     """Input a user can fix; the message is one sentence naming the field."""
 
 
+def names_of(keys: Any) -> str:
+    """Keys a user sent, for a message: as typed, or quoted where they hold line breaks or control characters."""
+    return ", ".join(key if isinstance(key, str) and key.isprintable() else repr(key) for key in keys)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -160,8 +165,7 @@ class GenerationRequest:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known, key=str)
         if unknown:
-            names = ", ".join(map(str, unknown))
-            raise RequestError(f"{cls.__name__} has no field {names}; allowed: {', '.join(sorted(known))}.")
+            raise RequestError(f"{cls.__name__} has no field {names_of(unknown)}; allowed: {', '.join(sorted(known))}.")
         for name in cls.IMAGE_FIELDS:
             if name in data and data[name] is not None:
                 data[name] = ImageRef.from_stored(name, data[name], images)
@@ -259,7 +263,9 @@ def _check_image(name: str, value: Any, *, required: bool = True) -> None:
 
 
 def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, *, open_low: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    # An int is finite; math.isfinite would overflow on one past float's range (JSON allows it).
+    ok = ok and (isinstance(value, int) or math.isfinite(value))
     if not ok or not (low < value if open_low else low <= value) or value > high:
         bracket = "(" if open_low else "from "
         raise RequestError(f"{name} must be a number {bracket}{low:g} to {high:g}; got {value!r}.")
@@ -422,12 +428,15 @@ class ControlUnit:
         _check_image("control image", self.image)
         if not isinstance(self.controlnet, str) or not self.controlnet.strip():
             raise RequestError("controlnet must name a ControlNet model; see the ControlNet tab's list.")
-        if self.preprocessor not in preprocessors.PREPROCESSORS:
+        if not isinstance(self.preprocessor, str) or self.preprocessor not in preprocessors.PREPROCESSORS:
             raise RequestError(
                 f"preprocessor must be one of {', '.join(preprocessors.PREPROCESSORS)}; got {self.preprocessor!r}."
             )
         if not isinstance(self.preprocessor_params, dict):
             raise RequestError(f"preprocessor_params must be an object; got {type(self.preprocessor_params).__name__}.")
+        if not all(isinstance(key, str) for key in self.preprocessor_params):
+            keys = list(self.preprocessor_params)
+            raise RequestError(f"preprocessor_params must name each parameter in text; got {keys!r:.80}.")
         params = preprocessors.check_params(self.preprocessor, **self.preprocessor_params)
         object.__setattr__(self, "preprocessor_params", params)
         scale = _check_fraction("controlnet_conditioning_scale", self.conditioning_scale, 0.0, 2.0)
@@ -456,7 +465,7 @@ class ControlUnit:
             known = {f.name for f in dataclasses.fields(cls)}
             unknown = sorted(set(item) - known, key=str)
             if unknown:
-                raise RequestError(f"a control has no field {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(known))}.")
+                raise RequestError(f"a control has no field {names_of(unknown)}; allowed: {', '.join(sorted(known))}.")
             item = dict(item)
             item["image"] = ImageRef.from_stored("control image", item.get("image"), images)
             units.append(cls(**item))
@@ -528,6 +537,6 @@ def request_from_dict(data: dict[str, Any], images: Mapping[str, Image.Image] | 
     if not isinstance(data, dict):
         raise RequestError(f"a stored request must be an object; got {type(data).__name__}.")
     task = data.get("task")
-    if task not in REQUEST_TYPES:
+    if not isinstance(task, str) or task not in REQUEST_TYPES:
         raise RequestError(f"task must be one of {', '.join(REQUEST_TYPES)}; got {task!r}.")
     return REQUEST_TYPES[task].from_dict(data, images)

@@ -17,6 +17,8 @@ from webui.tabs import gallery as gallery_tab
 from webui.tabs import image_tasks
 from webui.tabs import txt2img as txt2img_tab
 
+SERVED_FOLDERS = ("images", "thumbs", "placeholders", "exports")  # the data folder's folders Gradio may serve
+
 CSS = """
 #atelier-header h1 { margin-bottom: 0; }
 """
@@ -108,8 +110,10 @@ def launch(
         server_port=settings.port,
         # Each waiting handler holds a thread; leave Gradio's default 40 for every other event besides.
         max_threads=40 + settings.queue_limit + settings.gpu_workers + REFUSALS_AT_ONCE,
-        # Gradio serves files only from these; the gallery's files live here.
-        allowed_paths=[str(settings.data_dir.resolve())],
+        # Gradio serves files only from these: what the pages show (images,
+        # thumbnails, placeholder tiles, ZIP exports), never the rest of the data
+        # folder (the database with its password hashes, pending files, LoRAs).
+        allowed_paths=[str(settings.data_dir.resolve() / folder) for folder in SERVED_FOLDERS],
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         show_error=True,

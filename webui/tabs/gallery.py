@@ -32,6 +32,15 @@ STATUSES = ("succeeded", "queued", "running", "failed", "cancelled", "interrupte
 REVIEW_BADGES = {"approved": "✅ approved", "rejected": "⛔ rejected", "none": "not reviewed"}
 
 
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span, shown literally: a backtick in a tag or board name would
+    otherwise close the span and let the rest render as Markdown and HTML (issue 7, "Bad input")."""
+    text = " ".join(text.splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""  # CommonMark strips one space each side
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def describe(record: GenerationRecord, *, place: int | None = None) -> str:
     """The record's facts as Markdown (the prompt itself is shown as JSON, never as HTML).
 
@@ -45,17 +54,17 @@ def describe(record: GenerationRecord, *, place: int | None = None) -> str:
         f"### {star}Record #{record.id}",
         f"**{record.status}**" + (f" ({ordinal(place)} in line)" if place is not None else "")
         + f" · {record.task} · by {record.user} · {when} · {seconds:.2f} s",
-        f"**Model** `{record.model}` · revision `{(record.model_revision or '')[:12]}`",
+        f"**Model** {_code(record.model)} · revision `{(record.model_revision or '')[:12]}`",
         f"**Seeds** {seeds}",
         f"**Review** {REVIEW_BADGES.get(record.review, record.review)}"
         + (f" by {record.reviewed_by}" if record.reviewed_by else ""),
     ]
     if record.tags:
-        lines.append("**Tags** " + ", ".join(f"`{tag}`" for tag in record.tags))
+        lines.append("**Tags** " + ", ".join(_code(tag) for tag in record.tags))
     if record.boards:
-        lines.append("**Boards** " + ", ".join(f"`{board}`" for board in record.boards))
+        lines.append("**Boards** " + ", ".join(_code(board) for board in record.boards))
     if record.error:
-        lines.append(f"**Error** `{record.error}`")
+        lines.append(f"**Error** {_code(record.error)}")
     environment = record.environment
     if environment:
         lines.append(

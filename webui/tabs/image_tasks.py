@@ -26,6 +26,29 @@ from webui.tabs.txt2img import record_summary
 BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
 
 
+def upload_image(**options: Any) -> gr.Image:
+    """An image upload handed to the handler as its file's path, not yet decoded.
+
+    gr.Image opens the file with Pillow first: past Pillow's own bomb limit
+    that fails with an error about Gradio's internals, and below it
+    ``getexif()`` decodes every pixel of a PNG (PIL's PngImageFile.getexif),
+    both before ``pipelines.images`` has checked the size in the header.
+    ``webui.forms.upload`` reads the header, then decodes (issue 7, "Bad input").
+    The instance's preprocess is replaced rather than subclassed: Gradio
+    writes a .pyi stub beside every module that subclasses a component.
+    """
+    widget = gr.Image(type="filepath", **options)
+    decode = widget.preprocess
+
+    def preprocess(payload):
+        if payload is None or payload.path is None:  # a data: URL, which Gradio decodes itself
+            return decode(payload)
+        return payload.path
+
+    widget.preprocess = preprocess
+    return widget
+
+
 def _details(record, gallery) -> dict[str, Any]:
     return {
         "id": record.id,
@@ -139,7 +162,7 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
     defaults = model_defaults(model)
     with gr.Row():
         with gr.Column(scale=5):
-            image = gr.Image(label="Start from", type="pil", image_mode=None, sources=["upload", "clipboard"])
+            image = upload_image(label="Start from", image_mode=None, sources=["upload", "clipboard"])
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a yellow background")
             negative = gr.Textbox(label="Negative prompt", lines=1)
             with gr.Row():
@@ -166,7 +189,7 @@ def build_inpaint(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
     defaults = model_defaults(model)
     with gr.Row():
         with gr.Column(scale=5):
-            photo = gr.Image(label="Product photo", type="pil", image_mode=None, sources=["upload", "clipboard"])
+            photo = upload_image(label="Product photo", image_mode=None, sources=["upload", "clipboard"])
             with gr.Row():
                 method = gr.Dropdown(list(masks.MASK_METHODS), value="auto", label="Find the product by")
                 find = gr.Button("Find the product", size="sm")
@@ -258,8 +281,8 @@ def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str,
     missing = [f"- **{name}**: {reason}" for name, ok, reason in preprocessors.available() if not ok]
     with gr.Row():
         with gr.Column(scale=5):
-            control = gr.Image(label="Control image (edges, pose or depth are taken from it)", type="pil",
-                               sources=["upload", "clipboard"])
+            control = upload_image(label="Control image (edges, pose or depth are taken from it)",
+                                   sources=["upload", "clipboard"])
             with gr.Row():
                 preprocessor = gr.Dropdown(usable, value="canny", label="Preprocessor ('none': already a control image)")
                 low = gr.Slider(1, 255, value=100, step=1, label="Canny low threshold")
@@ -271,15 +294,15 @@ def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str,
                 start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")
                 end = gr.Slider(0, 1, value=1.0, step=0.05, label="Guidance end")
             with gr.Accordion("A second ControlNet", open=False):
-                second = gr.Image(label="Second control image", type="pil", sources=["upload", "clipboard"])
+                second = upload_image(label="Second control image", sources=["upload", "clipboard"])
                 with gr.Row():
                     second_preprocessor = gr.Dropdown(usable, value="canny", label="Preprocessor")
                     second_controlnet = gr.Dropdown(listed, value=default_controlnet(model), allow_custom_value=True,
                                                     label="ControlNet")
                     second_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
             with gr.Accordion("Start from an image, or keep part of it", open=False):
-                init = gr.Image(label="Init image (optional)", type="pil", image_mode=None, sources=["upload", "clipboard"])
-                mask = gr.Image(label="Mask (optional; white = regenerate)", type="pil", sources=["upload"])
+                init = upload_image(label="Init image (optional)", image_mode=None, sources=["upload", "clipboard"])
+                mask = upload_image(label="Mask (optional; white = regenerate)", sources=["upload"])
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength")
             resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
             if missing:
