@@ -9,12 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,21 +28,11 @@ from webui.app import launch
 from webui.settings import Settings
 from webui.studio import OUT_OF_MEMORY, Studio, StudioError
 
+from .conftest import free_port, wait_until
+
 ATELIER = Path(sys.executable).with_name("atelier")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check: Callable[[], object], *, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def files_under(data: Path, *folders: str) -> list[str]:

@@ -11,11 +11,9 @@ chose can be checked too: round robin between the users.
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,8 @@ from webui.app import launch
 from webui.settings import Settings
 from webui.studio import Studio
 
+from .conftest import free_port, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("benchmarks_load_test", REPO / "benchmarks" / "load_test.py")
 load = importlib.util.module_from_spec(_spec)
@@ -35,18 +35,6 @@ _spec.loader.exec_module(load)
 HOLDER = ("holder", "the holder's password")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check: Callable[[], object], *, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Held:

@@ -9,10 +9,9 @@ decides when the GPU is busy instead of guessing how long a run takes.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -30,21 +29,11 @@ from webui.settings import Settings, SettingsError
 from webui.studio import QueueFull, Studio
 from webui.workers import JobFailed
 
+from .conftest import free_port, wait_until
+
 PASSWORDS = {"ann": "ann's password", "bob": "bob's password", "root": "root's password"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check: Callable[[], object], *, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Gate:
