@@ -243,3 +243,22 @@ def tiny_flux_controlnet_folder(tmp_path_factory):
     )
     controlnet.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def read_drawing():
+    """``read_drawing(engine, prompt, seed)``: the embedded model's picture at its card's defaults, as the classifier reads it."""
+    from pipelines import embedded
+    from pipelines.embedded.world import classify
+    from pipelines.requests import Text2ImgRequest
+
+    def read(engine, prompt, seed):
+        defaults = embedded.defaults()
+        request = Text2ImgRequest(
+            prompt=prompt, seed=seed, width=defaults["width"], height=defaults["height"],
+            num_inference_steps=defaults["num_inference_steps"], guidance_scale=defaults["guidance_scale"],
+            sampler=defaults["sampler"],
+        )
+        return classify(engine.run(request).images[0])
+
+    return read

@@ -6,7 +6,6 @@ import pytest
 from pipelines import embedded
 from pipelines.embedded.world import COLOURS, SHAPES, caption, classify, parse_prompt, render, sample_scene
 from pipelines.engine import Engine
-from pipelines.requests import Text2ImgRequest
 
 
 def test_the_classifier_reads_every_rendered_scene_right():
@@ -47,31 +46,17 @@ def engine():
     return Engine()
 
 
-def draw(engine, prompt, seed):
-    defaults = embedded.defaults()
-    request = Text2ImgRequest(
-        prompt=prompt,
-        seed=seed,
-        width=defaults["width"],
-        height=defaults["height"],
-        num_inference_steps=defaults["num_inference_steps"],
-        guidance_scale=defaults["guidance_scale"],
-        sampler=defaults["sampler"],
-    )
-    return classify(engine.run(request).images[0])
-
-
-def test_the_background_follows_the_prompt(engine):
+def test_the_background_follows_the_prompt(engine, read_drawing):
     """Same seed, same shape; only the background word changes, and so does the picture."""
     asked = ["blue", "yellow", "black", "green"]
-    readings = [draw(engine, f"a white circle on a {background} background", seed=11) for background in asked]
+    readings = [read_drawing(engine, f"a white circle on a {background} background", seed=11) for background in asked]
     assert [reading.background for reading in readings] == asked
 
 
-def test_the_shape_and_its_colour_follow_the_prompt(engine):
+def test_the_shape_and_its_colour_follow_the_prompt(engine, read_drawing):
     """The model reads 96 of 96 evaluation pairs right; here nine prompts, three seeds each."""
     asked = [(colour, shape) for colour, shape in (("red", "square"), ("yellow", "circle"), ("white", "triangle"))]
     for colour, shape in asked:
         for seed in (5, 6, 7):
-            reading = draw(engine, f"a {colour} {shape} on a blue background", seed=seed)
+            reading = read_drawing(engine, f"a {colour} {shape} on a blue background", seed=seed)
             assert (reading.background, reading.colour, reading.shape) == ("blue", colour, shape), (colour, shape, seed)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipelines import embedded, prompts
-from pipelines.embedded.world import classify
+
 from pipelines.engine import Engine
 from pipelines.requests import RequestError, Text2ImgRequest
 from pipelines.samplers import make_scheduler
@@ -261,30 +261,16 @@ def test_break_starts_a_new_chunk(engine, tiny_sd_folder):
 # -- the embedded model: its own tokenizer, 24 tokens --------------------------
 
 
-def draw(engine, prompt, seed):
-    defaults = embedded.defaults()
-    asked = Text2ImgRequest(
-        prompt=prompt,
-        seed=seed,
-        width=defaults["width"],
-        height=defaults["height"],
-        num_inference_steps=defaults["num_inference_steps"],
-        guidance_scale=defaults["guidance_scale"],
-        sampler=defaults["sampler"],
-    )
-    return classify(engine.run(asked).images[0])
-
-
 @pytest.mark.parametrize("prompt", ["a (red:1.4) circle on a blue background", "a ((red)) circle on a [blue] background"])
-def test_the_embedded_model_draws_a_weighted_prompt(engine, prompt):
+def test_the_embedded_model_draws_a_weighted_prompt(engine, prompt, read_drawing):
     for seed in (1, 2, 3):
-        reading = draw(engine, prompt, seed)
+        reading = read_drawing(engine, prompt, seed)
         assert (reading.background, reading.colour, reading.shape) == ("blue", "red", "circle"), seed
 
 
-def test_the_embedded_model_drops_a_word_weighted_zero(engine):
+def test_the_embedded_model_drops_a_word_weighted_zero(engine, read_drawing):
     for seed in (1, 2, 3):
-        assert draw(engine, "a (red:0) circle on a blue background", seed).colour != "red", seed
+        assert read_drawing(engine, "a (red:0) circle on a blue background", seed).colour != "red", seed
 
 
 def test_the_embedded_model_chunks_at_its_own_length(engine):
