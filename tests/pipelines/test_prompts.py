@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pipelines import embedded, prompts
-
 from pipelines.engine import Engine
 from pipelines.requests import RequestError, Text2ImgRequest
 from pipelines.samplers import make_scheduler
