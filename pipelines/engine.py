@@ -368,6 +368,11 @@ class Engine:
         """The models in memory, least recently used first."""
         return list(self._models)
 
+    def family_of(self, model: str) -> str | None:
+        """A resident model's family, without waiting for a running generation; None when not loaded."""
+        loaded = self._models.get(model)
+        return loaded.family if loaded is not None else None
+
     def _evict(self, model: str) -> None:
         evicted = self._models.pop(model)
         evicted.pipelines.clear()
@@ -549,7 +554,7 @@ class Engine:
     def check(self, request: GenerationRequest) -> LoadedModel:
         """Load the request's model and refuse, before anything is recorded, what it cannot do."""
         loaded = self.load(request.model)
-        _check_family(loaded.family, request)
+        check_family(loaded.family, request)
         if request.ip_adapter_image is not None:
             self._ip_adapter_weights(loaded)
         if request.loras:
@@ -610,7 +615,7 @@ class Engine:
                 pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
             except SamplerNotAvailable as error:
                 raise ModelError(str(error)) from error
-            _check_family(loaded.family, request)
+            check_family(loaded.family, request)
             self.switches.tile_vae(pipe.vae, request.width * request.height)
             # LoRAs live on the shared modules: every run sets them, so a run without any has none.
             if request.loras:
@@ -668,7 +673,7 @@ class Engine:
             )
 
 
-def _check_family(family: str, request: GenerationRequest) -> None:
+def check_family(family: str, request: GenerationRequest) -> None:
     """What a request asks that this model family cannot do, said before anything runs."""
     if family != "flux":
         return

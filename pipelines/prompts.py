@@ -72,6 +72,11 @@ def encode(
         return _encode_weighted(pipe, family, encoders, prompt, negative_prompt, device=device, guidance=guidance)
 
 
+def check(text: str, field: str) -> None:
+    """Refuse what no encoder could take (a negative weight) before anything runs or is recorded."""
+    _parse(text, field)
+
+
 def _encoders(pipe: DiffusionPipeline) -> list[tuple]:
     """(tokenizer, text encoder) pairs in the order the family concatenates them; SDXL's refiner has only the second."""
     pairs = [(pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]

@@ -11,8 +11,9 @@ and results go only to the session that asked.
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import gradio as gr
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 # Handlers beyond the queue's capacity that can run at once, each to say "the queue is full".
 REFUSALS_AT_ONCE = 16
+PREVIEW_POLL_SECONDS = 0.25  # how often a tab looks for a newer preview while its job runs
 
 
 def ordinal(number: int) -> str:
@@ -98,6 +100,36 @@ class Jobs:
             return ticket
 
         return self._wait(request, enqueue, progress)
+
+    def follow(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn,
+               poll: float = PREVIEW_POLL_SECONDS) -> Iterator[tuple[str, Any]]:
+        """Submit ``generation`` and yield ("preview", picture) as it forms, then ("record", ended record).
+
+        The job waits in a thread while this generator hands the tab each
+        newer preview; a failure is raised here, in the handler's thread.
+        """
+        ticket: list[Ticket] = []
+        finished: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                finished["record"] = self.submit(generation, request=request, progress=progress, watch=ticket.append)
+            except BaseException as error:  # handed to the handler's thread below
+                finished["error"] = error
+
+        # Gradio finds the event's progress bar through context variables: the thread gets this one's.
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+        worker.start()
+        shown = None
+        while worker.is_alive():
+            worker.join(poll)
+            latest = ticket[0].latest_preview if ticket else None
+            if latest is not None and latest is not shown:
+                shown = latest
+                yield "preview", latest
+        if "error" in finished:
+            raise finished["error"]
+        yield "record", finished["record"]
 
     def rerun(self, record_id: int, *, request: gr.Request, progress: ProgressFn, **changes: Any) -> RerunOutcome:
         """Queue a stored request again (with `changes`) as its record's child, and compare the two."""

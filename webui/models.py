@@ -100,7 +100,7 @@ def _entry(path: Path, number: int, item: Any) -> ModelEntry:
     for key in ("name", "source"):
         if not isinstance(item.get(key), str) or not item[key].strip():
             raise ModelListError(f"{where}: {key} must be text.")
-    family = item.get("family") or _guess_family(item["source"])
+    family = item.get("family") or guess_family(item["source"])
     if family not in FAMILIES[1:]:
         raise ModelListError(f"{where}: family must be one of {', '.join(FAMILIES[1:])}; got {family!r}.")
     values = {**FAMILY_DEFAULTS[family], **{k: v for k, v in item.items() if k in FAMILY_DEFAULTS["sd"]}}
@@ -110,7 +110,7 @@ def _entry(path: Path, number: int, item: Any) -> ModelEntry:
                       height=int(values["height"]), guidance_scale=float(values["guidance_scale"]))
 
 
-def _guess_family(source: str) -> str:
+def guess_family(source: str) -> str:
     """From the name alone, before anything is loaded; the engine checks the real thing."""
     lowered = source.lower()
     if "flux" in lowered:

@@ -164,10 +164,7 @@ class Studio:
         # 1. Check before writing: the model must exist (loading it waits for
         #    the GPU, so only its source is checked here), and the queue have room.
         resolve_source(request.model)
-        if request.loras:
-            from pipelines import lora
-
-            lora.resolve(request.loras, self.settings.loras_folder)
+        self._precheck(request)
         inputs = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
         new = _new_generation(request, user=user, revision=None, parent_id=parent_id)
         with self._enqueue_lock:
@@ -179,6 +176,42 @@ class Studio:
                 return self.gallery.enqueue(new, inputs=inputs)
             except OSError as error:
                 raise StudioError(_not_stored("queue the request", error)) from error
+
+    def _precheck(self, request: GenerationRequest) -> None:
+        """Refuse, without loading the model, what the run would refuse: the queue then holds only runnable jobs.
+
+        Prompt weights, LoRA files, the model family's limits (a FLUX model
+        takes no negative prompt) and IP-Adapter weights for a reference
+        image. The family is the loaded model's, else the model list's, else
+        a guess from the name; the engine checks the real one when it runs.
+        """
+        from pipelines import ip_adapter, lora, prompts
+        from pipelines.engine import check_family
+
+        texts = getattr(request, "prompts", None) or [request.prompt]
+        for text in texts:
+            prompts.check(text, "prompt")
+        prompts.check(request.negative_prompt, "negative_prompt")
+        if request.loras:
+            lora.resolve(request.loras, self.settings.loras_folder)
+        family = self._family(request.model)
+        check_family(family, request)
+        if request.ip_adapter_image is not None:
+            folders = {"sd": self.settings.ip_adapter_sd15, "sdxl": self.settings.ip_adapter_sdxl}
+            ip_adapter.find(family, folders.get(family) or None)
+
+    def _family(self, model: str) -> str:
+        from webui.models import ModelListError, find, guess_family, load_models
+
+        known = self._engine.family_of(model) if self._engine is not None else None
+        if known is not None:
+            return known
+        try:
+            entry = find(load_models(self.settings.data_dir, self.settings.model), model)
+        except ModelListError:  # the picker says what is wrong with the list; a guess will do here
+            entry = None
+        family = entry.family if entry is not None else guess_family(model)
+        return "sd" if family == "embedded" else family
 
     def run_job(
         self, record: GenerationRecord, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None,

@@ -117,6 +117,28 @@ def test_image_to_image_repaints_the_background_asked_for(launched, page, tmp_pa
     gallery_lists(page, record)
 
 
+def test_image_to_image_takes_a_lora_copied_in_while_the_studio_runs(launched, page, tmp_path):
+    from tests.webui.test_studio_controls import save_lora
+
+    studio, url = launched
+    _, path = draw(tmp_path, "start", Scene("square", "red", "blue", 0.22, 0.5, 0.5))
+    panel = open_tab(page, url, "Image to image")
+    folder = studio.settings.loras_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lora(folder / "house-style.safetensors", studio.engine.load("embedded").base, seed=3)
+
+    upload(page, panel, "Start from", path)
+    panel.get_by_label("Prompt", exact=True).fill("a red square on a white background")
+    panel.get_by_text("Style: LoRAs and a reference image").click()
+    panel.get_by_label(re.compile(r"^LoRAs \(")).click()  # the list is read again as it opens
+    page.get_by_role("option", name="house-style").click()
+    panel.get_by_label("Their weights, in order (default 1)").fill("0.8")
+    record = generate(studio, panel)
+
+    assert record.params["loras"] == [["house-style", 0.8]]
+    assert record.environment["loras"][0]["name"] == "house-style"
+
+
 # -- Product background ----------------------------------------------------------------
 
 

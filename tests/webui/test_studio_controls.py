@@ -84,3 +84,107 @@ def test_a_lora_and_a_weighted_prompt_over_the_api(launched):
         assert "LoRA weights must be one per picked LoRA" in str(error)
     else:
         raise AssertionError("two weights for one LoRA were accepted")
+
+
+def test_the_image_tabs_take_loras_a_reference_and_variations_over_the_api(launched, tmp_path):
+    """Image to image, product background and ControlNet have the same style controls as text to image."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from pipelines.embedded.world import Scene, render
+
+    studio, url = launched
+    folder = studio.settings.loras_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lora(folder / "label.safetensors", studio.engine.load("embedded").base, seed=11)
+    client = Client(url, verbose=False)
+    photo_path = tmp_path / "photo.png"
+    Image.fromarray(render(Scene("square", "red", "blue", 0.22, 0.5, 0.5))).save(photo_path)
+    photo = handle_file(str(photo_path))
+    settings = ["DPM++ 2M", 20, 5.0, 7, 1, 0, 0]  # sampler, steps, guidance, seed, batch, width, height
+    img2img = [photo, "a red square on a white background", "", 0.8, "fit", *settings]
+
+    def outputs(details):
+        record = studio.gallery.get(details["id"])
+        return record, [image.sha256 for image in record.outputs]
+
+    plain, plain_hashes = outputs(client.predict(*img2img, api_name="/img2img")[2])
+    styled, styled_hashes = outputs(client.predict(*img2img, lora_names=["label"], lora_weights="0.9",
+                                                   api_name="/img2img")[2])
+    assert plain.params["loras"] == [] and styled.params["loras"] == [["label", 0.9]]
+    assert styled.environment["loras"][0]["name"] == "label"
+    assert styled_hashes != plain_hashes  # the LoRA steered the picture
+    assert studio.rerun(styled.id, user="ada").identical
+
+    editor = {"background": None, "layers": [], "composite": None}
+    inpainted, _ = outputs(client.predict(photo, editor, "auto", "a red square on a green background", "", 0, 4, 0, 1.0,
+                                          *settings, lora_names=["label"], lora_weights="0.5", api_name="/inpaint")[2])
+    assert inpainted.params["loras"] == [["label", 0.5]]
+
+    control = ["canny", 100, 200, "embedded-canny", 1.0, 0.0, 1.0, None, "canny", "embedded-canny", 1.0, None, None,
+               0.75, "fit", "a red circle on a blue background", "", *settings]
+    varied, _ = outputs(client.predict(photo, *control, variation_seed=40, variation_strength=0.2,
+                                       api_name="/controlnet")[2])
+    assert (varied.params["variation_seed"], varied.params["variation_strength"]) == (40, 0.2)
+    assert studio.rerun(varied.id, user="ada").identical
+
+    # Without IP-Adapter weights on this machine a reference image is one clear sentence, and nothing is written.
+    before = studio.gallery.count()
+    try:
+        client.predict(*img2img, reference=photo, api_name="/img2img")
+    except Exception as error:
+        assert "IP-Adapter" in str(error)
+    else:
+        raise AssertionError("a reference image ran without IP-Adapter weights")
+    assert studio.gallery.count() == before
+
+
+def test_an_image_tab_shows_the_picture_forming(launched, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    studio, url = launched
+    path = tmp_path / "start.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(path)
+    client = Client(url, verbose=False)
+    job = client.submit(handle_file(str(path)), "a white square on a green background", "", 1.0, "fit",
+                        "Euler", 60, 5.0, 5, 1, 0, 0, api_name="/img2img")
+    final = job.result()
+    forming = [output for output in job.outputs()[:-1] if "Forming" in str(output[1])]
+    assert forming, "no preview was shown while the image formed"
+    assert studio.gallery.get(final[2]["id"]).status == "succeeded"
+
+
+def test_what_a_run_would_refuse_is_refused_before_it_is_queued(tmp_path):
+    """A queued job that can only fail would leave a failed record; these are one sentence and no record."""
+    from PIL import Image
+
+    from pipelines.engine import ModelError
+    from pipelines.requests import ImageRef, RequestError
+
+    studio = Studio.from_settings(Settings(data_dir=tmp_path / "data", user="ada", loras_dir=str(tmp_path / "loras")))
+    (tmp_path / "loras").mkdir()
+    reference = ImageRef.of(Image.new("RGB", (64, 64), "red"))
+    refused = [
+        (Text2ImgRequest(prompt="a (red:-1) circle on a blue background"), "prompt weights must be 0 or more"),
+        (Text2ImgRequest(prompt="a red circle", negative_prompt="(blue:-0.5) background"),
+         "negative_prompt weights must be 0 or more"),
+        (Text2ImgRequest(prompt="a red circle", loras=(("missing", 1.0),)), "missing"),
+        (Text2ImgRequest(prompt="a red circle", ip_adapter_image=reference), "IP-Adapter weights"),
+        (Text2ImgRequest(prompt="a cat", negative_prompt="blurry", model="black-forest-labs/FLUX.1-schnell"),
+         "negative_prompt does not apply to FLUX"),
+    ]
+    try:
+        for request, words in refused:
+            try:
+                studio.enqueue(request, user="ada")
+            except (ModelError, RequestError) as error:
+                assert words in str(error), str(error)
+            else:
+                raise AssertionError(f"queued: {request.prompt!r}")
+        assert studio.gallery.count() == 0
+        assert studio._engine is None  # refused without loading a model
+        queued = studio.enqueue(Text2ImgRequest(prompt="a (red:1.2) circle"), user="ada")
+        assert queued.status == "queued"
+    finally:
+        studio.close()

@@ -21,6 +21,7 @@ from pipelines.samplers import SAMPLER_NAMES
 from webui.forms import automatic_mask, build_request, default_controlnet, upload
 from webui.jobs import Jobs
 from webui.settings import model_defaults
+from webui.tabs import style
 from webui.tabs.txt2img import record_summary
 
 BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
@@ -99,8 +100,8 @@ def _common(settings: list[Any]) -> dict[str, Any]:
     }
 
 
-def _runner(jobs: Jobs, make: Callable[..., Any], count: int) -> Callable[..., Any]:
-    """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it."""
+def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count: int) -> Callable[..., Any]:
+    """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it forming."""
     studio = jobs.studio
 
     from webui.models import load_models
@@ -110,40 +111,57 @@ def _runner(jobs: Jobs, make: Callable[..., Any], count: int) -> Callable[..., A
 
     def run(*arguments):
         *values, model_name, request, progress = arguments
+        task_values, style_values = values[: len(values) - len(styled)], values[len(values) - len(styled):]
         try:
-            generation = make(*values, model=_source(models, model_name, studio.settings.model))
+            generation = make(*task_values, model=_source(models, model_name, studio.settings.model))
+            generation = generation.replace(**style.request_fields(**dict(zip(styled, style_values))))
         except (RequestError, ValueError, TypeError) as error:
             raise gr.Error(str(error)) from None
         progress((0, generation.num_inference_steps), desc="Denoising", unit="steps")
-        record = jobs.submit(generation, request=request,
-                             progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"))
+        for kind, value in jobs.follow(
+            generation, request=request,
+            progress=lambda step, total: progress((step, total), desc="Denoising", unit="steps"),
+        ):
+            if kind == "preview":
+                yield [value], "Forming…", gr.update()
+        record = value
         if record.status == "cancelled":
             gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
-            return [], f"**Record #{record.id}** · cancelled", _details(record, studio.gallery)
+            yield [], f"**Record #{record.id}** · cancelled", _details(record, studio.gallery)
+            return
         paths = [str(studio.gallery.path(image.path)) for image in record.outputs]
         seconds = record.timings.get("total_ms", 0) / 1000
-        return paths, record_summary(record, seconds=seconds), _details(record, studio.gallery)
+        yield paths, record_summary(record, seconds=seconds), _details(record, studio.gallery)
 
     # Gradio hands the session and a progress bar to parameters it can see in
     # the signature; a *args handler has none, so it is given one per input.
-    positional = [inspect.Parameter(f"value_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(count)]
+    # The style controls and the model are optional over the API: they keep their names and defaults.
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    optional = {**inspect.signature(style.request_fields).parameters, "model_name": None}
+    tail = [inspect.Parameter(name, plain, default=optional[name].default if name in styled else None)
+            for name in [*styled, "model_name"]]
+    positional = [inspect.Parameter(f"value_{i}", plain) for i in range(count - len(tail))]
     run.__signature__ = inspect.Signature([
         *positional,
-        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
-        inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+        *tail,
+        inspect.Parameter("request", plain, default=None, annotation=gr.Request),
+        inspect.Parameter("progress", plain, default=gr.Progress()),
     ])
     run.__annotations__ = {"request": gr.Request}  # Gradio reads type hints, not the signature's annotations
     return run
 
 
-def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], api_name: str, picker=None):
+def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], api_name: str, picker=None,
+          styled: dict[str, Any] | None = None):
+    """Generate runs ``handler``'s request with the tab's style controls; API inputs: the tab's, style's, model."""
     studio = jobs.studio
+    styled = styled or {}
     # The model picker comes last; an API client may leave it out (the studio's own model).
     picker = picker if picker is not None else gr.State(None)
-    inputs = [*inputs, picker]
+    inputs = [*inputs, *styled.values(), picker]
     event = gr.on(
         [widgets["run"].click],
-        _runner(jobs, handler, len(inputs)),
+        _runner(jobs, handler, styled, len(inputs)),
         inputs=inputs,
         outputs=[widgets["images"], widgets["summary"], widgets["details"]],
         api_name=api_name,
@@ -169,6 +187,7 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                 strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Strength (0: keep, 1: replace)")
                 resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
             settings = _settings_widgets(defaults)
+            styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
         with gr.Column(scale=5):
             outputs = _outputs()
 
@@ -178,7 +197,7 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                              **_common(list(values)))
 
     inputs = [image, prompt, negative, strength, resize_mode, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "img2img", picker)}
+    return {"generated": _wire(jobs, outputs, inputs, make, "img2img", picker, styled)}
 
 
 # -- Product background ----------------------------------------------------------------
@@ -215,6 +234,7 @@ def build_inpaint(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                 padding = gr.Slider(0, 256, value=0, step=8, label="Only the masked area, padding (0: whole image)")
                 strength = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Strength")
             settings = _settings_widgets(defaults)
+            styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
         with gr.Column(scale=5):
             outputs = _outputs()
             preview = gr.Image(label="What will change (magenta)", type="pil", interactive=False)
@@ -254,7 +274,7 @@ def build_inpaint(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                                         api_visibility="private")
     invert.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint", picker), "editor": editor}
+    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint", picker, styled), "editor": editor}
 
 
 def _cleared(trigger: Callable[..., Any], editor: gr.ImageEditor):
@@ -311,6 +331,10 @@ def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str,
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
             negative = gr.Textbox(label="Negative prompt", lines=1)
             settings = _settings_widgets(defaults)
+            styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
+            with gr.Accordion("Variations (without an init image)", open=False):
+                with gr.Row():
+                    styled.update(style.variations())
         with gr.Column(scale=5):
             preview_button = gr.Button("Preview the control image", size="sm")
             preview = gr.Image(label="Control image the ControlNet sees", type="pil", interactive=False)
@@ -349,4 +373,4 @@ def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str,
     preview_button.click(show, inputs=[control, preprocessor, low, high], outputs=preview, api_name="control_preview")
     inputs = [control, preprocessor, low, high, controlnet, scale, start, end, second, second_preprocessor,
               second_controlnet, second_scale, init, mask, strength, resize_mode, prompt, negative, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet", picker)}
+    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet", picker, styled)}

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
-import threading
 from typing import Any
 
 import gradio as gr
 
-from pipelines.images import load_image
 from pipelines.requests import (
-    ImageRef,
     MAX_BATCH,
     MAX_SEED,
     MAX_SIZE,
@@ -24,6 +20,7 @@ from pipelines.samplers import SAMPLER_NAMES
 from webui.imports import MetadataError, import_png
 from webui.jobs import Jobs
 from webui.settings import model_defaults
+from webui.tabs import style
 
 
 def record_summary(record, *, seconds: float | None = None) -> str:
@@ -42,18 +39,6 @@ def record_details(record, gallery) -> dict[str, Any]:
     }
 
 
-def _loras(names: list[str], weights: str) -> tuple[tuple[str, float], ...]:
-    """The picked LoRAs with the typed weights ("0.8, 0.5"), 1 for each one not given."""
-    given = [part.strip() for part in weights.split(",") if part.strip()]
-    if len(given) > len(names):
-        raise RequestError(f"LoRA weights must be one per picked LoRA; got {len(given)} for {len(names)}.")
-    try:
-        values = [float(part) for part in given]
-    except ValueError:
-        raise RequestError(f"LoRA weights must be numbers separated by commas; got {weights!r}.") from None
-    return tuple((name, values[i] if i < len(values) else 1.0) for i, name in enumerate(names))
-
-
 def _source(models, name, started_with: str) -> str:
     """The picked model's source, which the request records; the studio's own model when none is picked."""
     from webui.models import find
@@ -61,8 +46,6 @@ def _source(models, name, started_with: str) -> str:
     entry = find(models, name) if name else None
     return entry.source if entry is not None else started_with
 
-
-PREVIEW_POLL_SECONDS = 0.25  # how often the tab looks for a newer preview while a job runs
 
 # The request fields this tab shows, in the order of its widgets.
 FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidance_scale", "width", "height", "seed",
@@ -83,10 +66,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                  reference=None, reference_scale=0.6, model_name=None,
                  request: gr.Request = None, progress=gr.Progress()):
         try:
-            loras = _loras(lora_names or [], lora_weights or "")
-            reference_ref = ImageRef.of(load_image(reference, field="ip_adapter_image")) if reference is not None else None
             seed = int(seed)
-            variation = int(variation_seed)
             first = Text2ImgRequest(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
@@ -98,11 +78,8 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 seed=random_seed() if seed == -1 else seed,
                 batch_size=int(batch_size),
                 model=_source(models, model_name, studio.settings.model),
-                variation_seed=None if variation == -1 else variation,
-                variation_strength=float(variation_strength) if variation != -1 else 0.0,
-                loras=loras,
-                ip_adapter_image=reference_ref,
-                ip_adapter_scale=float(reference_scale),
+                **style.request_fields(lora_names, lora_weights, reference, reference_scale, variation_seed,
+                                       variation_strength),
             )
             count = int(batch_count)
             if not 1 <= count <= MAX_BATCH:
@@ -116,31 +93,13 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
             text2img = first.replace(seed=(first.seed + seeds_so_far) % (MAX_SEED + 1))
             desc = f"Batch {number + 1} of {count}: denoising" if count > 1 else "Denoising"
             progress((0, text2img.num_inference_steps), desc=desc, unit="steps")
-            # The job runs in the background while this handler shows its previews as they come.
-            ticket, finished = [], {}
-
-            def run(text2img=text2img, desc=desc):
-                try:
-                    finished["record"] = jobs.submit(
-                        text2img, request=request, watch=ticket.append,
-                        progress=lambda step, total: progress((step, total), desc=desc, unit="steps"),
-                    )
-                except BaseException as error:  # handed to the handler's thread below
-                    finished["error"] = error
-
-            # Gradio finds the event's progress bar through context variables: the thread gets this one's.
-            worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
-            worker.start()
-            shown = None
-            while worker.is_alive():
-                worker.join(PREVIEW_POLL_SECONDS)
-                latest = ticket[0].latest_preview if ticket else None
-                if latest is not None and latest is not shown:
-                    shown = latest
-                    yield paths + [latest], f"Forming… (batch {number + 1} of {count})", gr.update(), gr.update()
-            if "error" in finished:
-                raise finished["error"]
-            record = finished["record"]
+            for kind, value in jobs.follow(
+                text2img, request=request,
+                progress=lambda step, total, desc=desc: progress((step, total), desc=desc, unit="steps"),
+            ):
+                if kind == "preview":
+                    yield paths + [value], f"Forming… (batch {number + 1} of {count})", gr.update(), gr.update()
+            record = value
             records.append(record)
             if record.status == "cancelled":
                 gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
@@ -194,23 +153,11 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
-            with gr.Accordion("Style: LoRAs and a reference image", open=False):
-                from pipelines import lora as lora_files
-
-                listed = [f.name for f in lora_files.available(studio.settings.loras_folder) if f.problem is None]
-                with gr.Row():
-                    lora_names = gr.Dropdown(listed, multiselect=True, allow_custom_value=True,
-                                             label=f"LoRAs ({studio.settings.loras_folder})")
-                    lora_weights = gr.Textbox(label="Their weights, in order (default 1)", placeholder="0.8, 0.5")
-                with gr.Row():
-                    reference = gr.Image(label="Reference image (IP-Adapter)", type="pil", sources=["upload", "clipboard"])
-                    reference_scale = gr.Slider(0, 2, value=0.6, step=0.05, label="Reference strength")
+            styled = style.lora_and_reference(studio.settings.loras_folder)
             with gr.Accordion("Batches and variations", open=False):
                 with gr.Row():
                     batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
-                    variation_seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED,
-                                               label="Variation seed (-1: none)")
-                    variation_strength = gr.Slider(0, 1, value=0.1, step=0.01, label="Variation strength")
+                    varied = style.variations()
         with gr.Column(scale=5):
             with gr.Row():
                 generate_button = gr.Button("Generate", variant="primary", scale=3)
@@ -227,7 +174,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
         [generate_button.click, prompt.submit],
         generate,
         inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                batch_count, variation_seed, variation_strength, lora_names, lora_weights, reference, reference_scale,
+                batch_count, *varied.values(), *styled.values(),
                 *([picker] if picker is not None else [])],
         outputs=[images, summary, details, last_seed],
         api_name="txt2img",

@@ -1,0 +1,72 @@
+"""Style controls every generating tab shares: LoRAs with their weights, a reference image, variation seeds.
+
+Each tab lays them out with ``lora_and_reference`` (and ``variations`` where
+its task starts from noise) and turns their values into request fields with
+``request_fields``; the request checks them, so a bad weight or a missing
+LoRA reads the same in every tab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from pipelines.images import load_image
+from pipelines.requests import MAX_SEED, ImageRef, RequestError
+
+NO_VARIATION = -1
+
+
+def lora_and_reference(loras_folder) -> dict[str, gr.components.Component]:
+    """An accordion with the LoRA picker, their weights, and the IP-Adapter reference image."""
+    from pipelines import lora as lora_files
+
+    def listed() -> list[str]:
+        return [f.name for f in lora_files.available(loras_folder) if f.problem is None]
+
+    with gr.Accordion("Style: LoRAs and a reference image", open=False):
+        with gr.Row():
+            names = gr.Dropdown(listed(), multiselect=True, allow_custom_value=True, label=f"LoRAs ({loras_folder})")
+            # A LoRA copied into the folder while the studio runs shows up the next time the list opens.
+            names.focus(lambda: gr.update(choices=listed()), outputs=names, queue=False, api_visibility="private")
+            weights = gr.Textbox(label="Their weights, in order (default 1)", placeholder="0.8, 0.5")
+        with gr.Row():
+            reference = gr.Image(label="Reference image (IP-Adapter)", type="pil", sources=["upload", "clipboard"])
+            scale = gr.Slider(0, 2, value=0.6, step=0.05, label="Reference strength")
+    return {"lora_names": names, "lora_weights": weights, "reference": reference, "reference_scale": scale}
+
+
+def variations() -> dict[str, gr.components.Component]:
+    """A second seed blended into the first: near copies of an image one liked."""
+    seed = gr.Number(value=NO_VARIATION, precision=0, minimum=NO_VARIATION, maximum=MAX_SEED,
+                     label="Variation seed (-1: none)")
+    strength = gr.Slider(0, 1, value=0.1, step=0.01, label="Variation strength")
+    return {"variation_seed": seed, "variation_strength": strength}
+
+
+def loras(names: list[str] | None, weights: str | None) -> tuple[tuple[str, float], ...]:
+    """The picked LoRAs with the typed weights ("0.8, 0.5"), 1 for each one not given."""
+    names = list(names or [])
+    given = [part.strip() for part in (weights or "").split(",") if part.strip()]
+    if len(given) > len(names):
+        raise RequestError(f"LoRA weights must be one per picked LoRA; got {len(given)} for {len(names)}.")
+    try:
+        values = [float(part) for part in given]
+    except ValueError:
+        raise RequestError(f"LoRA weights must be numbers separated by commas; got {weights!r}.") from None
+    return tuple((name, values[i] if i < len(values) else 1.0) for i, name in enumerate(names))
+
+
+def request_fields(lora_names=None, lora_weights=None, reference=None, reference_scale=0.6,
+                   variation_seed=NO_VARIATION, variation_strength=0.0) -> dict[str, Any]:
+    """The widgets' values as request fields (the request itself checks ranges)."""
+    fields: dict[str, Any] = {
+        "loras": loras(lora_names, lora_weights),
+        "ip_adapter_image": ImageRef.of(load_image(reference, field="ip_adapter_image")) if reference is not None else None,
+        "ip_adapter_scale": float(reference_scale),
+    }
+    variation = int(NO_VARIATION if variation_seed is None else variation_seed)
+    if variation != NO_VARIATION:
+        fields.update(variation_seed=variation, variation_strength=float(variation_strength))
+    return fields
