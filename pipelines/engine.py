@@ -46,6 +46,7 @@ from diffusers import (
     FluxPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
@@ -157,7 +158,7 @@ def _hash_files(paths: list[Path], root: Path) -> str:
 def _family(pipe: DiffusionPipeline) -> str:
     if isinstance(pipe, (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline)):
         return "flux"
-    if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLInpaintPipeline)):
+    if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)):
         return "sdxl"
     if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInpaintPipeline)):
         return "sd"
@@ -165,19 +166,23 @@ def _family(pipe: DiffusionPipeline) -> str:
 
 
 def _single_file_class(path: Path) -> type[DiffusionPipeline]:
-    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``;
+    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``; the SDXL
+    refiner's only encoder is ``conditioner.embedders.0`` (SD 2.x's is ``cond_stage_model``);
     inpainting checkpoints have a UNet whose first convolution takes 9 channels."""
-    xl = inpaint = False
+    xl = inpaint = refiner = False
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
             keys = set(handle.keys())
             xl = any(key.startswith("conditioner.embedders.1.") for key in keys)
+            refiner = not xl and any(key.startswith("conditioner.embedders.0.") for key in keys)
             first = "model.diffusion_model.input_blocks.0.0.weight"
             inpaint = first in keys and handle.get_slice(first).get_shape()[1] == 9
     if inpaint:
         return StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
+    if refiner:
+        return StableDiffusionXLImg2ImgPipeline
     return StableDiffusionXLPipeline if xl else StableDiffusionPipeline
 
 
@@ -194,6 +199,7 @@ class LoadedModel:
     family: str  # sd | sdxl
     base: DiffusionPipeline  # what every task's pipeline is derived from
     inpainting_only: bool = False  # a 9-channel UNet: only the inpainting tasks can use it
+    refiner_only: bool = False  # an SDXL refiner (one text encoder): it only finishes another model's images
     pipelines: dict[tuple, DiffusionPipeline] = field(default_factory=dict)
     previewer: LatentPreviewer | None = None  # made on the first run that asks for previews
 
@@ -411,7 +417,9 @@ class Engine:
         self.switches.apply(pipe, family, self.device)
         pipe.set_progress_bar_config(disable=True)
         inpainting_only = family != "flux" and pipe.unet.config.in_channels == 9
-        return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only)
+        refiner_only = family == "sdxl" and pipe.text_encoder is None
+        return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only,
+                           refiner_only=refiner_only)
 
     def controlnet(self, name: str) -> LoadedControlNet:
         """A ControlNet model, loaded once and kept beside the base models."""
@@ -443,11 +451,13 @@ class Engine:
             raise ModelError(f"controlnet {name!r} could not be loaded: {error}") from error
         return LoadedControlNet(source=source, revision=revision, model=model.to(self.device))
 
-    def pipeline(self, model: str, task: str, controlnet_names: tuple[str, ...] = (), mode: str = "txt2img") -> DiffusionPipeline:
+    def pipeline(self, model: str, task: str, controlnet_names: tuple[str, ...] = (), mode: str = "txt2img",
+                 *, refining: bool = False) -> DiffusionPipeline:
         """The pipeline for ``task``, sharing the base model's modules.
 
         For ControlNet, ``mode`` (txt2img, img2img or inpaint) picks diffusers'
         ControlNet pipeline of that kind and ``controlnet_names`` its models.
+        ``refining``: the image-to-image pipeline that finishes another SDXL model's latents.
         """
         with self._lock:
             loaded = self.load(model)
@@ -461,11 +471,16 @@ class Engine:
                 raise ModelError(
                     f"model {model!r} is an inpainting model (its UNet takes 9 channels); use it for inpainting only."
                 )
+            if loaded.refiner_only and not refining:
+                raise ModelError(
+                    f"model {model!r} is an SDXL refiner (it has one text encoder); pick it as the refiner of an SDXL model."
+                )
             extra: dict[str, Any] = {}
             if task == "controlnet":
                 models = [self._fitting_controlnet(loaded, name).model for name in controlnet_names]
                 extra["controlnet"] = models[0] if len(models) == 1 else models
-            if kind == "txt2img" and not extra:
+            made_as = "img2img" if isinstance(loaded.base, StableDiffusionXLImg2ImgPipeline) else "txt2img"
+            if kind == made_as and not extra:
                 pipe = loaded.base
             else:
                 pipe = _TASK_PIPELINES[kind].from_pipe(loaded.base, **extra)
@@ -559,7 +574,22 @@ class Engine:
             self._ip_adapter_weights(loaded)
         if request.loras:
             lora.resolve(request.loras, self._loras_folder())
+        if request.refiner is not None:
+            self._refiner(request)
+            self.load(request.model)  # the base stays the most recently used
         return loaded
+
+    def _refiner(self, request: GenerationRequest) -> tuple[LoadedModel, DiffusionPipeline]:
+        """The request's SDXL refiner and its image-to-image pipeline, loaded beside the base."""
+        if self.max_models < 2:
+            raise ModelError("a refiner needs room for two models (the base and the refiner); set ATELIER_MAX_MODELS to 2 or more.")
+        try:
+            loaded = self.load(request.refiner)
+        except ModelError as error:
+            raise ModelError(f"refiner: {error}") from error
+        if loaded.family != "sdxl" or loaded.inpainting_only:
+            raise ModelError(f"refiner {request.refiner!r} is not an SDXL refiner or SDXL model; pick one of those.")
+        return loaded, self.pipeline(request.refiner, "img2img", refining=True)
 
     def _loras_folder(self) -> Path:
         if self.loras_dir is None:
@@ -581,6 +611,29 @@ class Engine:
         weights = self._ip_adapter_weights(loaded)
         ip_adapter.attach(pipe, weights, request.ip_adapter_scale)
         return weights
+
+    def _refine(self, refiner: tuple[LoadedModel, DiffusionPipeline], request: GenerationRequest, prompt: str,
+                latents: torch.Tensor, generators: list[torch.Generator], stages: _Stages, cancel: CancelToken | None,
+                preview: Callable[[Any], None] | None) -> list[Any]:
+        """Finish the base's latents with the refiner from ``refiner_switch`` on; the same generators go on."""
+        loaded, pipe = refiner
+        pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
+        self.switches.tile_vae(pipe.vae, request.width * request.height)
+        previews = self._previews(loaded, pipe, preview)
+        cfg = request.guidance_scale > 1
+        output = pipe(
+            **self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg),
+            image=latents,
+            num_inference_steps=request.num_inference_steps,
+            denoising_start=request.refiner_switch,
+            guidance_scale=request.guidance_scale,
+            num_images_per_prompt=request.batch_size,
+            generator=generators,
+            callback_on_step_end=_on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
+                                              previews(request) if previews else None),
+            output_type="pil",
+        )
+        return output.images
 
     def _flux_embeds(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
         """FLUX's two text encoders (CLIP pooled, T5 per token), through the same cache."""
@@ -624,6 +677,7 @@ class Engine:
                 lora.clear(pipe)
                 used_loras = []
             previews = self._previews(loaded, pipe, preview)
+            refiner = self._refiner(request) if request.refiner is not None else None
             reference = self._reference(loaded, pipe, request)
             if reference is not None:
                 task.arguments["ip_adapter_image"] = _rgb(_pixels(request.ip_adapter_image, "ip_adapter_image"))
@@ -644,16 +698,25 @@ class Engine:
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
                 if request.variation_seeds is not None:
                     task.arguments["latents"] = _variation_latents(pipe, request)
+                arguments = _fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments})
+                stages = _Stages(request, progress)
+                if refiner is not None:  # the base stops at the switch and hands over its latents
+                    arguments.update(denoising_end=request.refiner_switch)
                 output = pipe(
                     **embeds,
-                    **_fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments}),
+                    **arguments,
                     generator=generators,
-                    callback_on_step_end=_on_step_end(progress, cancel, index, len(task.prompts), request.num_inference_steps,
+                    callback_on_step_end=_on_step_end(stages.base if refiner else progress, cancel, index,
+                                                      len(task.prompts), request.num_inference_steps,
                                                       previews(request) if previews else None),
-                    output_type="pil",
+                    output_type="latent" if refiner is not None else "pil",
                 )
+                pictures = output.images
+                if refiner is not None and not (cancel is not None and cancel.cancelled):
+                    stages.handed_over(pipe.num_timesteps)
+                    pictures = self._refine(refiner, request, prompt, pictures, generators, stages, cancel, preview)
                 # 5. Back to the input's pixels where the task keeps them
-                images.extend(task.finish(image) for image in output.images)
+                images.extend(task.finish(image) for image in pictures)
             cancelled = cancel is not None and cancel.cancelled
             environment = self.environment()
             if task.controlnets:
@@ -662,6 +725,8 @@ class Engine:
                 environment["ip_adapter"] = reference.record()
             if used_loras:
                 environment["loras"] = used_loras
+            if refiner is not None:
+                environment["refiner"] = {"source": request.refiner, "revision": refiner[0].revision}
             return GenerationResult(
                 images=[] if cancelled else images,
                 seeds=request.seeds,
@@ -673,8 +738,38 @@ class Engine:
             )
 
 
+class _Stages:
+    """One progress bar over a base and its refiner: the refiner's steps continue the base's.
+
+    Both denoise parts of one schedule: text-to-image's ``num_inference_steps``
+    steps, image-to-image's share of them for its strength (diffusers' count).
+    """
+
+    def __init__(self, request: GenerationRequest, progress: ProgressFn | None) -> None:
+        steps = request.num_inference_steps
+        strength = getattr(request, "strength", None)
+        self.total = steps if strength is None else max(1, min(int(steps * strength), steps))
+        self.progress = progress
+        self.done_by_base = 0
+
+    def base(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(min(done, self.total), self.total)
+
+    def handed_over(self, base_steps: int) -> None:
+        self.done_by_base = base_steps
+
+    def refiner(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.total = max(self.total, self.done_by_base + total)
+            self.progress(self.done_by_base + done, self.total)
+
+
 def check_family(family: str, request: GenerationRequest) -> None:
     """What a request asks that this model family cannot do, said before anything runs."""
+    if request.refiner is not None and family != "sdxl":
+        words = {"sd": "Stable Diffusion 1.x/2.x", "flux": "FLUX"}.get(family, family)
+        raise ModelError(f"refiner applies to SDXL models; {request.model!r} is a {words} model, so remove the refiner.")
     if family != "flux":
         return
     if request.negative_prompt.strip():
@@ -736,7 +831,11 @@ def _variation_latents(pipe: DiffusionPipeline, request: GenerationRequest) -> t
 
 
 def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:
-    """A diffusers folder as its base pipeline: text-to-image, or inpainting for a 9-channel model."""
+    """A diffusers folder as its base pipeline: text-to-image, inpainting for a 9-channel model,
+    image-to-image for an SDXL refiner (its class keeps the refiner's aesthetic-score conditioning)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    if index.get("_class_name") == StableDiffusionXLImg2ImgPipeline.__name__:
+        return StableDiffusionXLImg2ImgPipeline.from_pretrained(str(folder), **options)
     auto = AutoPipelineForInpainting if _is_inpainting_folder(folder) else AutoPipelineForText2Image
     return auto.from_pretrained(str(folder), **options)
 

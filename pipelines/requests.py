@@ -88,6 +88,10 @@ class GenerationRequest:
     ip_adapter_scale: float = 0.6
     # LoRA files from the studio's LoRA folder, by name, each with its weight.
     loras: tuple[tuple[str, float], ...] = ()
+    # An SDXL refiner model (same kinds of source as ``model``) that takes over the last steps:
+    # the base denoises until ``refiner_switch`` of the schedule, the refiner finishes.
+    refiner: str | None = None
+    refiner_switch: float = 0.8
 
     def __post_init__(self) -> None:
         # 1. Text
@@ -119,6 +123,15 @@ class GenerationRequest:
             raise RequestError("model must name a model: 'embedded', a folder, a .safetensors file or a hub id.")
         if self.variation_strength > 0 and not self.VARIATIONS:
             raise RequestError(f"variation_seed applies to text-to-image and ControlNet; {self.task} starts from its image.")
+        if self.refiner is not None:
+            if not isinstance(self.refiner, str) or not self.refiner.strip() or len(self.refiner) > MAX_PROMPT_CHARS:
+                raise RequestError("refiner must name an SDXL refiner model: a folder, a .safetensors file or a hub id.")
+            if not self.REFINES:
+                raise RequestError(f"refiner applies to text-to-image and image-to-image; remove it for {self.task}.")
+        switch = self.refiner_switch
+        if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0 < switch < 1:
+            raise RequestError(f"refiner_switch must be a number between 0 and 1 (the base's share of the steps); got {switch!r}.")
+        object.__setattr__(self, "refiner_switch", float(switch))
 
     @property
     def seeds(self) -> list[int]:
@@ -134,6 +147,8 @@ class GenerationRequest:
 
     # Tasks whose starting noise the engine can blend (a pure-noise start).
     VARIATIONS: ClassVar[bool] = True
+    # Tasks an SDXL refiner can finish (its base hands over latents, not pasted-back pixels).
+    REFINES: ClassVar[bool] = True
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The diffusers ``__call__`` arguments this request sets directly.
@@ -267,8 +282,8 @@ def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, 
     # An int is finite; math.isfinite would overflow on one past float's range (JSON allows it).
     ok = ok and (isinstance(value, int) or math.isfinite(value))
     if not ok or not (low < value if open_low else low <= value) or value > high:
-        bracket = "(" if open_low else "from "
-        raise RequestError(f"{name} must be a number {bracket}{low:g} to {high:g}; got {value!r}.")
+        allowed = f"above {low:g} and at most {high:g}" if open_low else f"from {low:g} to {high:g}"
+        raise RequestError(f"{name} must be a number {allowed}; got {value!r}.")
     return float(value)
 
 
@@ -365,6 +380,7 @@ class InpaintRequest(GenerationRequest):
     width: int = 0
     height: int = 0
     VARIATIONS: ClassVar[bool] = False
+    REFINES: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_image("image", self.image)
@@ -487,6 +503,7 @@ class ControlNetRequest(GenerationRequest):
     resize_mode: str = "fit"
     width: int = 0
     height: int = 0
+    REFINES: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if isinstance(self.controls, list):

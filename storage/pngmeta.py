@@ -39,6 +39,14 @@ def a1111_parameters(params: Mapping[str, Any], *, seed: int) -> str:
     # A1111 only writes this for img2img-like runs; same here.
     if params.get("strength") is not None:
         fields.append(f"Denoising strength: {float(params['strength'])}")
+    if params.get("variation_seed") is not None and params.get("variation_strength"):
+        # Image i of a batch blends variation_seed + i, as its seed is seed + i.
+        index = seed - int(params.get("seed", seed))
+        fields.append(f"Variation seed: {int(params['variation_seed']) + index}")
+        fields.append(f"Variation seed strength: {float(params['variation_strength'])}")
+    if params.get("refiner"):
+        fields.append(f"Refiner: {params['refiner']}")
+        fields.append(f"Refiner switch at: {float(params.get('refiner_switch', 0.8))}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
 

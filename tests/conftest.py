@@ -142,6 +142,61 @@ def _tiny_sdxl():
     )
 
 
+def _tiny_sdxl_refiner():
+    """SDXL's refiner in miniature: the second text encoder only, and an aesthetic score among its five size numbers."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    from pipelines.embedded import make_tokenizer
+
+    tokenizer = make_tokenizer(max_length=77)
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=5 * 8 + 32,  # size, crop and aesthetic score x 8, plus pooled 32
+        cross_attention_dim=32,  # the one encoder's hidden states
+        norm_num_groups=1,
+    )
+    torch.manual_seed(2)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=128,
+    )
+    torch.manual_seed(2)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1),
+        requires_aesthetics_score=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner_folder(tmp_path_factory):
+    """A tiny SDXL refiner folder (StableDiffusionXLImg2ImgPipeline, no first text encoder)."""
+    folder = tmp_path_factory.mktemp("tiny-sdxl-refiner")
+    _tiny_sdxl_refiner().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
     """A tiny SD1.5-architecture diffusers folder."""

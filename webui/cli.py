@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--preprocessor", default="canny", help="controlnet: canny, lineart_standard, shuffle, none, ...")
     generate.add_argument("--controlnet", default=None, help="controlnet: a listed name, a folder, a file or a hub id")
     generate.add_argument("--conditioning-scale", type=float, default=1.0)
+    generate.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                          help="a LoRA from the LoRA folder, weight 1 unless given; repeat for several")
+    generate.add_argument("--reference", type=Path, help="a reference image for the IP-Adapter (style or composition)")
+    generate.add_argument("--reference-scale", type=float, default=None, help="how strongly the reference steers (0-2)")
+    generate.add_argument("--variation-seed", type=int, default=None, help="txt2img, controlnet: a second seed blended in")
+    generate.add_argument("--variation-strength", type=float, default=None, help="0: the seed's image, 1: the variation seed's")
+    generate.add_argument("--refiner", default=None, help="txt2img, img2img on SDXL: a refiner model that finishes the image")
+    generate.add_argument("--refiner-switch", type=float, default=None, help="share of the steps the base does (default 0.8)")
     generate.add_argument("--json", action="store_true", help="print one JSON object")
 
     rerun = command("rerun", "Run a gallery record again and say whether it reproduced.")
@@ -116,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate_request(args: argparse.Namespace, settings: Settings):
     """The request `atelier generate` describes; images are read and checked before anything runs."""
+    from pipelines.requests import ImageRef
     from webui.forms import build_request, mask_upload, upload
 
     image_task = args.task in ("img2img", "inpaint")
@@ -142,7 +151,26 @@ def _generate_request(args: argparse.Namespace, settings: Settings):
         resize_mode=args.resize_mode if args.task in ("img2img", "controlnet") else None,
         mask_grow=args.mask_grow if args.task == "inpaint" else None,
         mask_feather=args.mask_feather if args.task == "inpaint" else None,
+        loras=_loras(args.lora),
+        ip_adapter_image=ImageRef.of(upload(args.reference, field="reference")) if args.reference else None,
+        ip_adapter_scale=args.reference_scale,
+        variation_seed=args.variation_seed,
+        variation_strength=args.variation_strength,
+        refiner=args.refiner,
+        refiner_switch=args.refiner_switch,
     )
+
+
+def _loras(given: list[str]) -> tuple[tuple[str, float], ...]:
+    """``--lora brand:0.8 --lora grain`` as (name, weight) pairs."""
+    pairs = []
+    for item in given:
+        name, _, weight = item.rpartition(":") if ":" in item else (item, "", "1")
+        try:
+            pairs.append((name, float(weight)))
+        except ValueError:
+            raise RequestError(f"--lora must be NAME or NAME:WEIGHT with a number for the weight; got {item!r}.") from None
+    return tuple(pairs)
 
 
 def _progress_printer(quiet: bool):

@@ -370,6 +370,18 @@ def _from_automatic1111(text: str) -> ImportedRequest:
         built.set(found, sampler=_A1111_SAMPLERS.get((found["Sampler"], found["Schedule type"])))
     if "Model" in settings:
         built.model("Model", settings.pop("Model"))
+    if "Variation seed" in settings:
+        found = {"Variation seed": settings.pop("Variation seed"),
+                 "Variation seed strength": settings.pop("Variation seed strength", None)}
+        strength = found["Variation seed strength"]
+        built.set(found, variation_seed=_int_text(found["Variation seed"]),
+                  variation_strength=_float_text(strength) if strength is not None else None)
+    if "Refiner" in settings:
+        found = {"Refiner": settings.pop("Refiner"), "Refiner switch at": settings.pop("Refiner switch at", "0.8")}
+        if loadable_model(found["Refiner"]):  # A1111 writes a checkpoint's title; only a source we can load maps
+            built.set(found, refiner=found["Refiner"], refiner_switch=_float_text(found["Refiner switch at"]))
+        else:
+            built.list(found)
     built.list(settings)
     return built.done()
 

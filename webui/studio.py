@@ -196,6 +196,13 @@ class Studio:
             lora.resolve(request.loras, self.settings.loras_folder)
         family = self._family(request.model)
         check_family(family, request)
+        if request.refiner is not None:
+            from pipelines.engine import ModelError, resolve_source
+
+            try:
+                resolve_source(request.refiner)
+            except ModelError as error:
+                raise ModelError(f"refiner: {error}") from error
         if request.ip_adapter_image is not None:
             folders = {"sd": self.settings.ip_adapter_sd15, "sdxl": self.settings.ip_adapter_sdxl}
             ip_adapter.find(family, folders.get(family) or None)

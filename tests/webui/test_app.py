@@ -29,6 +29,7 @@ def test_txt2img_then_rerun_over_the_api(launched):
         "sampler": "Euler a", "num_inference_steps": 3, "guidance_scale": 6.0, "width": 64, "height": 72,
         "seed": 77, "batch_size": 2, "model": "embedded", "variation_seed": None, "variation_strength": 0.0,
         "ip_adapter_image": None, "ip_adapter_scale": 0.6, "loras": [],
+        "refiner": None, "refiner_switch": 0.8,
     }
     assert f"Record #{record.id}" in summary
     # The files the client downloaded are the gallery's files, metadata and all.

@@ -51,3 +51,26 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
 def test_rerun_of_a_missing_record_says_so(tmp_path, capsys):
     assert main(["rerun", "42", "--data", str(tmp_path)]) == 2
     assert "42" in capsys.readouterr().err
+
+
+def test_generate_with_a_lora_a_variation_and_a_bad_lora_weight(tmp_path, capsys):
+    from pipelines.engine import Engine
+    from tests.webui.test_studio_controls import save_lora
+
+    data = ["--data", str(tmp_path)]
+    (tmp_path / "loras").mkdir()
+    save_lora(tmp_path / "loras" / "brand.safetensors", Engine().load("embedded").base, seed=2)
+    assert main(["generate", "--prompt", "a red circle", "--seed", "4", "--steps", "3", "--lora", "brand:0.6",
+                 "--variation-seed", "9", "--variation-strength", "0.2", "--json", *data]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert main(["gallery", "show", str(made["id"]), "--json", *data]) == 0
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert (params["loras"], params["variation_seed"], params["variation_strength"]) == ([["brand", 0.6]], 9, 0.2)
+
+    assert main(["generate", "--prompt", "x", "--lora", "brand:strong", *data]) == 2
+    assert capsys.readouterr().err == (
+        "atelier: --lora must be NAME or NAME:WEIGHT with a number for the weight; got 'brand:strong'.\n")
+    assert main(["generate", "--prompt", "x", "--refiner", str(tmp_path / "gone"), *data]) == 2
+    assert "refiner" in capsys.readouterr().err
+    assert main(["gallery", "list", "--json", *data]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1  # the refused runs wrote nothing

@@ -151,6 +151,8 @@ def test_import_prints_the_request_with_our_field_names(tmp_path, capsys) -> Non
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
         "loras": [],
+        "refiner": None,
+        "refiner_switch": 0.8,
         "unmapped": {"Model": "v1-5-pruned-emaonly", "Clip skip": "2"},
     }
 

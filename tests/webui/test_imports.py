@@ -66,6 +66,8 @@ def test_a1111_with_negative_prompt_and_schedule_type() -> None:
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
         "loras": [],
+        "refiner": None,
+        "refiner_switch": 0.8,
     }
     assert imported.unmapped == {
         "Model": "v1-5-pruned-emaonly",
@@ -154,6 +156,23 @@ def test_a1111_model_that_is_a_local_diffusers_folder_is_used(tmp_path: Path) ->
     assert import_chunks({"parameters": embedded}).request.model == "embedded"
 
 
+def test_a1111_variation_seed_and_a_refiner_round_trip_through_our_parameters_text(tmp_path: Path) -> None:
+    """What we write in the `parameters` chunk, A1111's names for variations and the refiner, reads back the same."""
+    from storage.pngmeta import a1111_parameters
+
+    (tmp_path / "model_index.json").write_text("{}")
+    made = Text2ImgRequest(prompt="a cat", seed=10, batch_size=2, variation_seed=40, variation_strength=0.25,
+                           refiner=str(tmp_path), refiner_switch=0.7)
+    second = import_chunks({"parameters": a1111_parameters(made.to_dict(), seed=11)}).request  # image 1 of the batch
+    assert (second.seed, second.variation_seed, second.variation_strength) == (11, 41, 0.25)
+    assert (second.refiner, second.refiner_switch) == (str(tmp_path), 0.7)
+    # A1111 names its refiner by checkpoint title: not a source we can load, so it is listed, not guessed.
+    foreign = import_chunks({"parameters": "a cat\nSteps: 20, Seed: 3, Refiner: sd_xl_refiner_1.0 [7440042bbd], "
+                                            "Refiner switch at: 0.8"})
+    assert foreign.request.refiner is None
+    assert foreign.unmapped["Refiner"] == "sd_xl_refiner_1.0 [7440042bbd]"
+
+
 # --- ComfyUI -----------------------------------------------------------------
 
 
@@ -215,6 +234,8 @@ def test_comfyui_ksampler_with_linked_prompts_latent_and_checkpoint() -> None:
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
         "loras": [],
+        "refiner": None,
+        "refiner_switch": 0.8,
     }
     assert imported.unmapped == {
         "CheckpointLoaderSimple#4.ckpt_name": "v1-5-pruned-emaonly.safetensors",
@@ -361,6 +382,8 @@ def test_invokeai_metadata() -> None:
         "ip_adapter_image": None,
         "ip_adapter_scale": 0.6,
         "loras": [],
+        "refiner": None,
+        "refiner_switch": 0.8,
     }
     assert imported.unmapped == {
         "model": "Dreamshaper 8",

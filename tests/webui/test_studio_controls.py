@@ -1,7 +1,9 @@
-"""Weighted prompts, a LoRA and a variation seed through the studio: recorded, and re-run to the same sha256."""
+"""Weighted prompts, LoRAs, variation seeds, reference images and an SDXL refiner through the studio and its API:
+recorded, re-run to the same sha256, and refused in one sentence (nothing written) where they cannot run."""
 
 import copy
 
+import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
@@ -186,5 +188,54 @@ def test_what_a_run_would_refuse_is_refused_before_it_is_queued(tmp_path):
         assert studio._engine is None  # refused without loading a model
         queued = studio.enqueue(Text2ImgRequest(prompt="a (red:1.2) circle"), user="ada")
         assert queued.status == "queued"
+    finally:
+        studio.close()
+
+
+def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gone(
+        tmp_path, tiny_sdxl_folder, tiny_sdxl_refiner_folder):
+    import shutil
+
+    from gradio_client import Client
+
+    from pipelines.engine import ModelError
+    from webui.app import launch
+    from tests.webui.conftest import free_port
+
+    refiner = tmp_path / "refiner"
+    shutil.copytree(tiny_sdxl_refiner_folder, refiner)
+    settings = Settings(data_dir=tmp_path / "data", user="ada", model=str(tiny_sdxl_folder), port=free_port())
+    studio = Studio.from_settings(settings)
+    app = launch(studio, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        _, summary, details = client.predict(
+            "a (red:1.2) circle", "", "Euler", 6, 5.0, 64, 64, 3, 1, refiner=str(refiner), refiner_switch=0.6,
+            api_name="/txt2img",
+        )
+        record = studio.gallery.get(details["id"])
+        assert (record.params["refiner"], record.params["refiner_switch"]) == (str(refiner), 0.6)
+        assert record.environment["refiner"]["source"] == str(refiner)
+        assert studio.rerun(record.id, user="ada").identical
+        # An SD model with a refiner: one sentence before anything is queued.
+        before = studio.gallery.count()
+        try:
+            client.predict("a cat", "", "Euler", 6, 5.0, 64, 64, 3, 1, 1, -1, 0.1, [], "", None, 0.6, "embedded",
+                           str(refiner), 0.6, api_name="/txt2img")
+        except Exception as error:
+            assert "refiner applies to SDXL models" in str(error)
+        else:
+            raise AssertionError("a refiner ran on the embedded model")
+        assert studio.gallery.count() == before
+    finally:
+        app.close()
+        studio.close()
+    # Later, on a fresh start, the refiner's folder is gone: the rerun says so.
+    shutil.rmtree(refiner)
+    studio = Studio.from_settings(settings)
+    try:
+        with pytest.raises(ModelError, match=r"^refiner: model .* is not on this machine"):
+            studio.rerun(record.id, user="ada")
+        assert studio.gallery.count() == before
     finally:
         studio.close()

@@ -20,6 +20,7 @@ from pipelines.requests import MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, RESIZE_
 from pipelines.samplers import SAMPLER_NAMES
 from webui.forms import automatic_mask, build_request, default_controlnet, upload
 from webui.jobs import Jobs
+from webui.models import load_models
 from webui.settings import model_defaults
 from webui.tabs import style
 from webui.tabs.txt2img import record_summary
@@ -104,14 +105,13 @@ def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count:
     """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it forming."""
     studio = jobs.studio
 
-    from webui.models import load_models
     from webui.tabs.txt2img import _source
 
     models = load_models(studio.settings.data_dir, studio.settings.model)
 
     def run(*arguments):
-        *values, model_name, request, progress = arguments
-        task_values, style_values = values[: len(values) - len(styled)], values[len(values) - len(styled):]
+        *values, request, progress = arguments
+        task_values, model_name, style_values = values[: -len(styled) - 1], values[-len(styled) - 1], values[-len(styled):]
         try:
             generation = make(*task_values, model=_source(models, model_name, studio.settings.model))
             generation = generation.replace(**style.request_fields(**dict(zip(styled, style_values))))
@@ -135,11 +135,11 @@ def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count:
 
     # Gradio hands the session and a progress bar to parameters it can see in
     # the signature; a *args handler has none, so it is given one per input.
-    # The style controls and the model are optional over the API: they keep their names and defaults.
+    # The model and the style controls are optional over the API: they keep their names and defaults.
     plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    optional = {**inspect.signature(style.request_fields).parameters, "model_name": None}
-    tail = [inspect.Parameter(name, plain, default=optional[name].default if name in styled else None)
-            for name in [*styled, "model_name"]]
+    optional = inspect.signature(style.request_fields).parameters
+    tail = [inspect.Parameter("model_name", plain, default=None),
+            *(inspect.Parameter(name, plain, default=optional[name].default) for name in styled)]
     positional = [inspect.Parameter(f"value_{i}", plain) for i in range(count - len(tail))]
     run.__signature__ = inspect.Signature([
         *positional,
@@ -153,12 +153,15 @@ def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count:
 
 def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], api_name: str, picker=None,
           styled: dict[str, Any] | None = None):
-    """Generate runs ``handler``'s request with the tab's style controls; API inputs: the tab's, style's, model."""
+    """Generate runs ``handler``'s request with the tab's style controls; API inputs: the tab's, the model, style's.
+
+    Inputs added later go last, so an API client's positional call keeps working.
+    """
     studio = jobs.studio
     styled = styled or {}
-    # The model picker comes last; an API client may leave it out (the studio's own model).
+    # An API client may leave the model out (the studio's own model) and the style controls (none).
     picker = picker if picker is not None else gr.State(None)
-    inputs = [*inputs, *styled.values(), picker]
+    inputs = [*inputs, picker, *styled.values()]
     event = gr.on(
         [widgets["run"].click],
         _runner(jobs, handler, styled, len(inputs)),
@@ -188,6 +191,7 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                 resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
             settings = _settings_widgets(defaults)
             styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
+            styled.update(style.refiner(load_models(jobs.studio.settings.data_dir, model)))
         with gr.Column(scale=5):
             outputs = _outputs()
 

@@ -1,7 +1,8 @@
-"""Style controls every generating tab shares: LoRAs with their weights, a reference image, variation seeds.
+"""Controls the generating tabs share: LoRAs with their weights, a reference image, variation seeds, a refiner.
 
-Each tab lays them out with ``lora_and_reference`` (and ``variations`` where
-its task starts from noise) and turns their values into request fields with
+Each tab lays them out with ``lora_and_reference`` (``variations`` where its
+task starts from noise, ``refiner`` where an SDXL refiner can finish it) and
+turns their values into request fields with
 ``request_fields``; the request checks them, so a bad weight or a missing
 LoRA reads the same in every tab.
 """
@@ -45,6 +46,17 @@ def variations() -> dict[str, gr.components.Component]:
     return {"variation_seed": seed, "variation_strength": strength}
 
 
+def refiner(models) -> dict[str, gr.components.Component]:
+    """SDXL's refiner: a second model that finishes the last part of the steps (the model list's SDXL entries)."""
+    listed = [(entry.name, entry.source) for entry in models if entry.family == "sdxl"]
+    with gr.Accordion("SDXL refiner", open=False):
+        with gr.Row():
+            model = gr.Dropdown([("none", "")] + listed, value="", allow_custom_value=True,
+                                label="Refiner (SDXL models only; a listed model, a folder, a file or a hub id)")
+            switch = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label="Switch at (share of the steps the base does)")
+    return {"refiner": model, "refiner_switch": switch}
+
+
 def loras(names: list[str] | None, weights: str | None) -> tuple[tuple[str, float], ...]:
     """The picked LoRAs with the typed weights ("0.8, 0.5"), 1 for each one not given."""
     names = list(names or [])
@@ -59,13 +71,15 @@ def loras(names: list[str] | None, weights: str | None) -> tuple[tuple[str, floa
 
 
 def request_fields(lora_names=None, lora_weights=None, reference=None, reference_scale=0.6,
-                   variation_seed=NO_VARIATION, variation_strength=0.0) -> dict[str, Any]:
+                   variation_seed=NO_VARIATION, variation_strength=0.0, refiner="", refiner_switch=0.8) -> dict[str, Any]:
     """The widgets' values as request fields (the request itself checks ranges)."""
     fields: dict[str, Any] = {
         "loras": loras(lora_names, lora_weights),
         "ip_adapter_image": ImageRef.of(load_image(reference, field="ip_adapter_image")) if reference is not None else None,
         "ip_adapter_scale": float(reference_scale),
     }
+    if refiner and str(refiner).strip():
+        fields.update(refiner=str(refiner).strip(), refiner_switch=float(refiner_switch))
     variation = int(NO_VARIATION if variation_seed is None else variation_seed)
     if variation != NO_VARIATION:
         fields.update(variation_seed=variation, variation_strength=float(variation_strength))

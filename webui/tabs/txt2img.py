@@ -63,7 +63,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
 
     def generate(prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
                  batch_count=1, variation_seed=-1, variation_strength=0.0, lora_names=None, lora_weights=None,
-                 reference=None, reference_scale=0.6, model_name=None,
+                 reference=None, reference_scale=0.6, model_name=None, refiner="", refiner_switch=0.8,
                  request: gr.Request = None, progress=gr.Progress()):
         try:
             seed = int(seed)
@@ -79,7 +79,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 batch_size=int(batch_size),
                 model=_source(models, model_name, studio.settings.model),
                 **style.request_fields(lora_names, lora_weights, reference, reference_scale, variation_seed,
-                                       variation_strength),
+                                       variation_strength, refiner, refiner_switch),
             )
             count = int(batch_count)
             if not 1 <= count <= MAX_BATCH:
@@ -154,6 +154,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
             styled = style.lora_and_reference(studio.settings.loras_folder)
+            refined = style.refiner(models)
             with gr.Accordion("Batches and variations", open=False):
                 with gr.Row():
                     batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
@@ -174,8 +175,8 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
         [generate_button.click, prompt.submit],
         generate,
         inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                batch_count, *varied.values(), *styled.values(),
-                *([picker] if picker is not None else [])],
+                batch_count, *varied.values(), *styled.values(), picker if picker is not None else gr.State(None),
+                *refined.values()],  # inputs added later go last: API clients' positional calls keep working
         outputs=[images, summary, details, last_seed],
         api_name="txt2img",
         concurrency_id="gpu",
