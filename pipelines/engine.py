@@ -528,8 +528,10 @@ class Engine:
 
     # -- running ----------------------------------------------------------
 
-    def _encode_prompt(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, cfg: bool):
-        key = (loaded.source.name, loaded.revision, prompt, negative_prompt, cfg)
+    def _encode_prompt(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, cfg: bool,
+                       text_loras: tuple = ()):
+        # LoRAs with text-encoder layers change the embeddings: they and their weights are part of the key.
+        key = (loaded.source.name, loaded.revision, prompt, negative_prompt, cfg, text_loras)
         cached = self.text_cache.get(key)
         if cached is None:
             # The prompt text is the key: weighting syntax is part of it.
@@ -673,9 +675,10 @@ class Engine:
             # LoRAs live on the shared modules: every run sets them, so a run without any has none.
             if request.loras:
                 used_loras = lora.apply(pipe, request.loras, self._loras_folder())
+                text_loras = lora.text_encoder_key(request.loras, self._loras_folder())
             else:
                 lora.clear(pipe)
-                used_loras = []
+                used_loras, text_loras = [], ()
             previews = self._previews(loaded, pipe, preview)
             refiner = self._refiner(request) if request.refiner is not None else None
             reference = self._reference(loaded, pipe, request)
@@ -692,7 +695,7 @@ class Engine:
                 if loaded.family == "flux":
                     embeds = self._flux_embeds(loaded, pipe, prompt)
                 else:
-                    embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg)
+                    embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg, text_loras)
                 # 4. One CPU generator per image: same noise on every device, and
                 #    image i of a batch equals a single run with seed + i.
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]

@@ -156,6 +156,11 @@ def apply(pipe: Any, loras: Sequence[tuple[str, float]], folder: Path | str) -> 
     return [_record(lora, weight) for lora, weight in resolved]
 
 
+def text_encoder_key(loras: Sequence[tuple[str, float]], folder: Path | str) -> tuple[tuple[str, float], ...]:
+    """What the text encoders' output depends on: each LoRA with text-encoder layers (sha256) and its weight."""
+    return tuple((lora.sha256, weight) for lora, weight in resolve(loras, folder) if lora.text_encoder)
+
+
 def clear(pipe: Any) -> None:
     """No LoRA for the next runs: every LoRA layer passes its base layer's output through unchanged."""
     if _loaded_adapters(pipe):
@@ -187,10 +192,14 @@ def _loaded_adapters(pipe: Any) -> set[str]:
 
 
 def _load(pipe: Any, lora: LoraFile, adapter: str) -> None:
-    if lora.text_encoder and (reason := text_encoder_problem()):
+    own_loader = lora.text_encoder and text_encoder_problem() is not None and hasattr(pipe, "load_lora_into_unet")
+    if lora.text_encoder and not own_loader and (reason := text_encoder_problem()):
         raise LoraError(f"LoRA {lora.name!r} has text-encoder layers, which this install cannot load: {reason}.")
     try:
-        pipe.load_lora_weights(str(lora.path), adapter_name=adapter)
+        if own_loader:
+            _load_with_text_encoders(pipe, lora, adapter)
+        else:
+            pipe.load_lora_weights(str(lora.path), adapter_name=adapter)
     except (ValueError, RuntimeError, KeyError) as error:
         # A half-loaded adapter (UNet done, text encoder failed) must not linger.
         if adapter in _loaded_adapters(pipe):
@@ -201,13 +210,70 @@ def _load(pipe: Any, lora: LoraFile, adapter: str) -> None:
         raise LoraError(f"LoRA {lora.name!r} does not fit this model; none of its layers are in it.")
 
 
+def _load_with_text_encoders(pipe: Any, lora: LoraFile, adapter: str) -> None:
+    """Stable Diffusion's and SDXL's ``load_lora_weights``, with PEFT itself loading the text-encoder layers.
+
+    diffusers reads the file (any format it knows: diffusers, kohya, A1111),
+    converts it and loads the UNet part as usual; for each text encoder it
+    would call transformers' ``load_adapter``, which refuses this install's
+    PEFT (see ``text_encoder_problem``). The same layers go in through
+    PEFT's ``inject_adapter_in_model`` and ``set_peft_model_state_dict``, the
+    calls that gate wraps, so diffusers' ``set_adapters``, ``disable_lora``
+    and ``delete_adapters`` (which work on PEFT's layers directly) manage
+    them like any other adapter.
+    """
+    state, alphas, metadata = pipe.lora_state_dict(str(lora.path), return_lora_metadata=True)
+    if not all("lora" in key for key in state):
+        raise ValueError(f"{lora.path.name} has keys that are not LoRA layers")
+    pipe.load_lora_into_unet(state, network_alphas=alphas, unet=pipe.unet, adapter_name=adapter, metadata=metadata,
+                             _pipeline=pipe)
+    for prefix in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, prefix, None)
+        if encoder is not None:
+            _into_text_encoder(encoder, prefix, state, alphas, metadata, adapter)
+        elif any(key.startswith(f"{prefix}.") for key in state):
+            raise ValueError(f"{lora.path.name} has layers for a {prefix} this model does not have")
+
+
+def _into_text_encoder(encoder: Any, prefix: str, state: dict, alphas: dict | None, metadata: dict | None,
+                       adapter: str) -> None:
+    """The file's layers for one text encoder (keys starting ``prefix.``), as a PEFT adapter named ``adapter``."""
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from diffusers.utils.peft_utils import get_peft_kwargs
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    def own(mapping: dict | None) -> dict | None:
+        if not mapping:
+            return None
+        return {key.removeprefix(f"{prefix}."): value for key, value in mapping.items() if key.split(".")[0] == prefix}
+
+    layers = own(state)
+    if not layers:
+        return
+    layers = convert_state_dict_to_peft(convert_state_dict_to_diffusers(layers))
+    if not hasattr(encoder, "text_model"):  # transformers 5 flattened CLIPTextModel; older files keep the prefix
+        layers = {key.removeprefix("text_model."): value for key, value in layers.items()}
+    settings = own(metadata)
+    if settings is None:
+        ranks = {key: value.shape[1] for key, value in layers.items() if key.endswith("lora_B.weight")}
+        settings = get_peft_kwargs(ranks, network_alpha_dict=own(alphas), peft_state_dict=layers, is_unet=False)
+    inject_adapter_in_model(LoraConfig(**settings), encoder, adapter_name=adapter)
+    loaded = set_peft_model_state_dict(encoder, layers, adapter_name=adapter)
+    unexpected = [key for key in getattr(loaded, "unexpected_keys", None) or [] if "lora_" in key]
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} layers have no place in the {prefix}, e.g. {unexpected[0]}")
+    encoder.to(device=encoder.device, dtype=encoder.dtype)
+
+
 def text_encoder_problem() -> str | None:
     """Why text-encoder LoRA layers cannot be loaded here, or None when they can.
 
     diffusers hands them to transformers' ``load_adapter``, which refuses a
     PEFT older than its ``MIN_PEFT_VERSION`` (transformers 5.24 asks for
     0.22; PyPI's newest is 0.21.2 as of this writing). UNet layers go through
-    diffusers' own loader, which asks for less.
+    diffusers' own loader, which asks for less; for Stable Diffusion and SDXL
+    ``_load_with_text_encoders`` loads the text-encoder layers through PEFT
+    itself, so only FLUX's text-encoder layers are refused for it.
     """
     from importlib.metadata import version
 
