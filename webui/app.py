@@ -14,7 +14,7 @@ from webui.models import find, load_models
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tabs import gallery as gallery_tab
-from webui.tabs import image_tasks
+from webui.tabs import image_tasks, style
 from webui.tabs import txt2img as txt2img_tab
 
 SERVED_FOLDERS = ("images", "thumbs", "placeholders", "exports")  # the data folder's folders Gradio may serve
@@ -52,15 +52,24 @@ def build_app(studio: Studio) -> gr.Blocks:
         # "Send to its tab": every field filled from the record, to change one thing.
         fields = txt2img["fields"]
 
-        def send(record_id):
-            # Text-to-image fields are filled; an image task's tab opens with
-            # its own widgets (its inputs are in the record: rerun it from the
-            # gallery to change one setting).
-            params = gallery["load"](record_id).params
-            values = [params[name] if params["task"] == "txt2img" else gr.update() for name in fields]
-            return values + [gr.Tabs(selected=params["task"])]
+        styles = txt2img["styles"]
 
-        gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs],
+        def send(record_id):
+            # Text-to-image fields are filled, style controls and reference
+            # image included; an image task's tab opens with its own widgets
+            # (its inputs are in the record: rerun it from the gallery to
+            # change one setting).
+            record = gallery["load"](record_id)
+            params = record.params
+            if params["task"] != "txt2img":
+                return [gr.update()] * len(fields) + [gr.Tabs(selected=params["task"])] + [gr.update()] * len(styles)
+            reference = next((str(studio.gallery.path(image.path)) for image in record.images if image.role == "reference"),
+                             None)
+            return [params[name] for name in fields] + [gr.Tabs(selected="txt2img")] + \
+                style.values_from(params, styles, reference)
+
+        # The style controls come after the tab switch: API clients reading the first outputs keep working.
+        gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs, *styles.values()],
                                      api_name="send_to_tab", queue=False)
         app.load(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
 
@@ -82,8 +91,21 @@ def build_app(studio: Studio) -> gr.Blocks:
             updates = [defaults[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
             return [note, *updates, gr.update(visible=entry.negative_prompt_applies, value="")]
 
+        # What does not apply to the picked model is hidden in every tab: negative prompts for FLUX, the refiner but for SDXL.
+        negatives = [tab["negative_prompt"] for tab in (img2img, inpaint, controlnet)]
+        refiner_boxes = [txt2img["refiner_box"], img2img["refiner_box"]]
+
+        def hide_what_does_not_apply(name):
+            entry = find(models, name)
+            family = (studio.engine.family_of(entry.source) or entry.family) if entry is not None else None
+            negative = gr.update(visible=True) if family != "flux" else gr.update(visible=False, value="")
+            refiner = gr.update(visible=family == "sdxl")
+            return [negative] * len(negatives) + [refiner] * len(refiner_boxes)
+
         fields_for_model = [fields[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
-        picker.change(pick, inputs=picker, outputs=[picked, *fields_for_model, fields["negative_prompt"]], api_name="pick_model")
+        picker.change(pick, inputs=picker, outputs=[picked, *fields_for_model, fields["negative_prompt"]], api_name="pick_model"
+                      ).then(hide_what_does_not_apply, inputs=picker, outputs=[*negatives, *refiner_boxes], queue=False,
+                             api_visibility="private")
     # The GPU events only queue a job and wait for it (webui/jobs.py); the
     # workers are the GPU's concurrency. Every handler in the "gpu" group gets
     # the waiting limit, whatever its tab asked for: Gradio takes the lowest

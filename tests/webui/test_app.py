@@ -146,3 +146,31 @@ def test_import_a_png_fills_the_tab_and_export_a_board(launched, tmp_path):
         assert len(pngs) == 2
         shas = sorted(i.sha256 for i in studio.gallery.get(details["id"]).outputs)
         assert sorted(hashlib.sha256(archive.read(name)).hexdigest() for name in pngs) == shas
+
+
+def test_send_to_text_to_image_brings_the_style_controls_and_the_reference(launched):
+    """A record's LoRAs, variation, refiner and reference image come back with its fields, so one change is one change."""
+    from PIL import Image
+
+    from pipelines.requests import ImageRef, Text2ImgRequest
+    from storage import ImageInput
+    from webui.studio import _new_generation
+
+    studio, url = launched
+    reference = Image.new("RGB", (32, 32), (10, 200, 30))
+    request = Text2ImgRequest(prompt="a red circle", seed=5, width=64, height=64, loras=(("brand", 0.8), ("grain", 0.25)),
+                              variation_seed=9, variation_strength=0.2, ip_adapter_image=ImageRef.of(reference),
+                              ip_adapter_scale=0.9, refiner="org/some-refiner", refiner_switch=0.7)
+    # Stored as the queue stores a job, inputs and all (nothing has to run for the record to be sent).
+    record = studio.gallery.enqueue(_new_generation(request, user="ada", revision=None, parent_id=None),
+                                    inputs=[ImageInput(role=role, image=ref.image) for role, ref in request.input_images])
+    client = Client(url, verbose=False)
+    sent = client.predict(record.id, api_name="/send_to_tab")
+    fields, styles = sent[:9], sent[9:]  # the tab switch is not an API output
+    assert fields[0] == "a red circle" and fields[7] == 5
+    variation_seed, variation_strength, names, weights, shown, scale, refiner, switch = styles
+    assert (variation_seed, variation_strength) == (9, 0.2)
+    assert (names, weights, scale) == (["brand", "grain"], "0.8, 0.25", 0.9)
+    assert (refiner, switch) == ("org/some-refiner", 0.7)
+    with Image.open(shown["path"] if isinstance(shown, dict) else shown) as image:
+        assert image.convert("RGB").tobytes() == reference.tobytes()

@@ -89,3 +89,51 @@ def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_go
         assert again.gallery.count() == before
     finally:
         again.close()
+
+
+def test_the_page_hides_what_the_picked_model_cannot_use(tmp_path, page, tiny_sdxl_folder, tiny_flux_folder):
+    """The refiner shows only for SDXL; FLUX's built-in guidance takes no negative prompt in any tab."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from webui.app import launch
+    from webui.settings import Settings
+    from webui.studio import Studio
+
+    from .conftest import free_port
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models.json").write_text(json.dumps([
+        {"name": "Tiny XL", "source": str(tiny_sdxl_folder), "family": "sdxl", "width": 64, "height": 64},
+        {"name": "Tiny FLUX", "source": str(tiny_flux_folder), "family": "flux", "width": 64, "height": 64},
+    ]))
+    settings = Settings(data_dir=data, user="ada", port=free_port())
+    studio = Studio.from_settings(settings)
+    app = launch(studio, prevent_thread_lock=True, quiet=True)
+    try:
+        page.goto(f"http://127.0.0.1:{settings.port}/")
+        refiner = page.get_by_text("SDXL refiner", exact=True)
+        expect(refiner.first).to_be_hidden()  # the embedded model is no SDXL model
+
+        def pick(name):
+            page.get_by_label("Model", exact=True).click()
+            page.get_by_role("option", name=name).click()
+            expect(page.get_by_text(re.compile(rf"{name}\*\* loaded|{name} loaded"))).to_be_visible(timeout=60_000)
+
+        pick("Tiny XL")
+        expect(refiner.first).to_be_visible()
+        page.get_by_role("tab", name="Image to image").click()
+        panel = page.get_by_role("tabpanel")
+        expect(panel.get_by_text("SDXL refiner", exact=True)).to_be_visible()
+        expect(panel.get_by_label("Negative prompt")).to_be_visible()
+
+        pick("Tiny FLUX")
+        expect(panel.get_by_label("Negative prompt")).to_be_hidden()
+        expect(panel.get_by_text("SDXL refiner", exact=True)).to_be_hidden()
+        page.get_by_role("tab", name="ControlNet").click()
+        expect(page.get_by_role("tabpanel").get_by_label("Negative prompt")).to_be_hidden()
+    finally:
+        app.close()
+        studio.close()

@@ -23,7 +23,7 @@ from webui.jobs import Jobs
 from webui.models import load_models
 from webui.settings import model_defaults
 from webui.tabs import style
-from webui.tabs.txt2img import record_summary
+from webui.tabs.txt2img import _family, record_summary
 
 BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
 
@@ -191,7 +191,9 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                 resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
             settings = _settings_widgets(defaults)
             styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
-            styled.update(style.refiner(load_models(jobs.studio.settings.data_dir, model)))
+            models = load_models(jobs.studio.settings.data_dir, model)
+            refiner_box, refined = style.refiner(models, visible=_family(models, model) == "sdxl")
+            styled.update(refined)
         with gr.Column(scale=5):
             outputs = _outputs()
 
@@ -201,7 +203,8 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                              **_common(list(values)))
 
     inputs = [image, prompt, negative, strength, resize_mode, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "img2img", picker, styled)}
+    return {"generated": _wire(jobs, outputs, inputs, make, "img2img", picker, styled), "negative_prompt": negative,
+            "refiner_box": refiner_box}
 
 
 # -- Product background ----------------------------------------------------------------
@@ -278,7 +281,8 @@ def build_inpaint(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                                         api_visibility="private")
     invert.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint", picker, styled), "editor": editor}
+    return {"generated": _wire(jobs, outputs, inputs, make, "inpaint", picker, styled), "editor": editor,
+            "negative_prompt": negative}
 
 
 def _cleared(trigger: Callable[..., Any], editor: gr.ImageEditor):
@@ -377,4 +381,5 @@ def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str,
     preview_button.click(show, inputs=[control, preprocessor, low, high], outputs=preview, api_name="control_preview")
     inputs = [control, preprocessor, low, high, controlnet, scale, start, end, second, second_preprocessor,
               second_controlnet, second_scale, init, mask, strength, resize_mode, prompt, negative, *settings.values()]
-    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet", picker, styled)}
+    return {"generated": _wire(jobs, outputs, inputs, make, "controlnet", picker, styled),
+            "negative_prompt": negative}

@@ -46,15 +46,34 @@ def variations() -> dict[str, gr.components.Component]:
     return {"variation_seed": seed, "variation_strength": strength}
 
 
-def refiner(models) -> dict[str, gr.components.Component]:
-    """SDXL's refiner: a second model that finishes the last part of the steps (the model list's SDXL entries)."""
+def refiner(models, *, visible: bool = True) -> tuple[gr.Accordion, dict[str, gr.components.Component]]:
+    """SDXL's refiner: a second model that finishes the last part of the steps (the model list's SDXL entries).
+
+    Returns the accordion (shown only while an SDXL model is picked) and its widgets.
+    """
     listed = [(entry.name, entry.source) for entry in models if entry.family == "sdxl"]
-    with gr.Accordion("SDXL refiner", open=False):
+    with gr.Accordion("SDXL refiner", open=False, visible=visible) as box:
         with gr.Row():
             model = gr.Dropdown([("none", "")] + listed, value="", allow_custom_value=True,
                                 label="Refiner (SDXL models only; a listed model, a folder, a file or a hub id)")
             switch = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label="Switch at (share of the steps the base does)")
-    return {"refiner": model, "refiner_switch": switch}
+    return box, {"refiner": model, "refiner_switch": switch}
+
+
+def values_from(params: dict[str, Any], keys, reference: str | None = None) -> list[Any]:
+    """A stored request's values for the style widgets named by ``keys`` (``request_fields``' names), in order."""
+    pairs = params.get("loras") or []
+    known = {
+        "lora_names": [name for name, _ in pairs],
+        "lora_weights": ", ".join(f"{weight:g}" for _, weight in pairs),
+        "reference": reference,
+        "reference_scale": params.get("ip_adapter_scale", 0.6),
+        "variation_seed": NO_VARIATION if params.get("variation_seed") is None else params["variation_seed"],
+        "variation_strength": params.get("variation_strength") or 0.0,
+        "refiner": params.get("refiner") or "",
+        "refiner_switch": params.get("refiner_switch", 0.8),
+    }
+    return [known[key] for key in keys]
 
 
 def loras(names: list[str] | None, weights: str | None) -> tuple[tuple[str, float], ...]:

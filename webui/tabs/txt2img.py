@@ -39,6 +39,14 @@ def record_details(record, gallery) -> dict[str, Any]:
     }
 
 
+def _family(models, source: str) -> str | None:
+    """The listed family of a model (embedded, sd, sdxl, flux), or None when it is not in the list."""
+    from webui.models import find
+
+    entry = find(models, source)
+    return entry.family if entry is not None else None
+
+
 def _source(models, name, started_with: str) -> str:
     """The picked model's source, which the request records; the studio's own model when none is picked."""
     from webui.models import find
@@ -128,7 +136,20 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
         if imported.unmapped:
             listed = "; ".join(f"{key}: `{value[:80]}`" for key, value in imported.unmapped.items())
             message += f" Not used (no equivalent here): {listed}"
+        if read.ip_adapter_image is not None:
+            message += " Its reference image is not in the PNG: add it again under Style."
         return [getattr(read, name) for name in FIELDS] + [message]
+
+    def import_styles(path: str | None) -> list:
+        """The style controls from the same PNG (LoRAs, variation, refiner); a PNG carries no reference image."""
+        try:
+            params = import_png(path).request.to_dict() if path is not None else None
+        except MetadataError:  # import_parameters has said why
+            params = None
+        if params is None:
+            return [gr.update()] * len(styles)
+        return [gr.update() if key == "reference" else value
+                for key, value in zip(styles, style.values_from(params, styles))]
 
     # -- layout -----------------------------------------------------------
 
@@ -154,7 +175,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
             styled = style.lora_and_reference(studio.settings.loras_folder)
-            refined = style.refiner(models)
+            refiner_box, refined = style.refiner(models, visible=_family(models, studio.settings.model) == "sdxl")
             with gr.Accordion("Batches and variations", open=False):
                 with gr.Row():
                     batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
@@ -187,6 +208,10 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
     reuse_button.click(lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False,
                        api_visibility="private")
     fields = dict(zip(FIELDS, (prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size)))
+    # What "Send to Text to image" and a PNG import fill besides the fields: the style controls.
+    styles = {**varied, **styled, **refined}
     dropped.upload(import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary],
-                   api_name="import_png", queue=False)
-    return {"generated": generated, "fields": fields}
+                   api_name="import_png", queue=False
+                   ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
+    return {"generated": generated, "fields": fields, "styles": styles, "negative_prompt": negative_prompt,
+            "refiner_box": refiner_box}
