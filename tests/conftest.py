@@ -86,19 +86,14 @@ def _tiny_sd():
     )
 
 
-def _tiny_sdxl():
+def _tiny_xl_unet_and_vae(*, seed, size_numbers, cross_attention_dim):
+    """SDXL's UNet (its added time embedding takes ``size_numbers`` x 8 plus a pooled 32) and VAE, in miniature."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from pipelines.embedded import make_tokenizer
-
-    tokenizer = make_tokenizer(max_length=77)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=32,
-        in_channels=4,
-        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64),
@@ -108,21 +103,31 @@ def _tiny_sdxl():
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        # six size/crop numbers x 8, plus the second encoder's pooled 32
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,  # both encoders' hidden states side by side
+        projection_class_embeddings_input_dim=size_numbers * 8 + 32,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=1,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         latent_channels=4,
         sample_size=128,
     )
+    return unet, vae
+
+
+def _tiny_sdxl():
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipelines.embedded import make_tokenizer
+
+    tokenizer = make_tokenizer(max_length=77)
+    # Six size/crop numbers x 8, plus the second encoder's pooled 32; both encoders' hidden states side by side.
+    unet, vae = _tiny_xl_unet_and_vae(seed=0, size_numbers=6, cross_attention_dim=64)
     config = _text_config(tokenizer)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(config)
@@ -145,36 +150,14 @@ def _tiny_sdxl():
 def _tiny_sdxl_refiner():
     """SDXL's refiner in miniature: the second text encoder only, and an aesthetic score among its five size numbers."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTextModelWithProjection
 
     from pipelines.embedded import make_tokenizer
 
     tokenizer = make_tokenizer(max_length=77)
-    torch.manual_seed(2)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=5 * 8 + 32,  # size, crop and aesthetic score x 8, plus pooled 32
-        cross_attention_dim=32,  # the one encoder's hidden states
-        norm_num_groups=1,
-    )
-    torch.manual_seed(2)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        sample_size=128,
-    )
+    # Size, crop and aesthetic score x 8, plus the pooled 32; the one encoder's hidden states.
+    unet, vae = _tiny_xl_unet_and_vae(seed=2, size_numbers=5, cross_attention_dim=32)
     torch.manual_seed(2)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
     return StableDiffusionXLImg2ImgPipeline(

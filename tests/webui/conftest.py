@@ -1,7 +1,8 @@
+import contextlib
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -36,17 +37,25 @@ def studio(settings):
     studio.close()
 
 
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[tuple[Studio, str]]:
+    """The real app for ``settings``, on its port: (studio, url), closed afterwards."""
+    from webui.app import launch
+
+    studio = Studio.from_settings(settings)
+    app = launch(studio, prevent_thread_lock=True, quiet=True)
+    try:
+        yield studio, f"http://127.0.0.1:{settings.port}/"
+    finally:
+        app.close()
+        studio.close()
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """The real app on a free port, with its own scratch gallery."""
-    from webui.app import launch
-
-    settings = Settings(data_dir=tmp_path_factory.mktemp("served"), user="ada", port=free_port())
-    studio = Studio.from_settings(settings)
-    app = launch(studio, prevent_thread_lock=True, quiet=True)
-    yield studio, f"http://127.0.0.1:{settings.port}/"
-    app.close()
-    studio.close()
+    with serving(Settings(data_dir=tmp_path_factory.mktemp("served"), user="ada", port=free_port())) as served:
+        yield served
 
 
 # Debian's Chromium, headless; driven by Playwright in the browser tests.

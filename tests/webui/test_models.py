@@ -51,11 +51,10 @@ def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_go
 
     from gradio_client import Client
 
-    from webui.app import launch
     from webui.settings import Settings
     from webui.studio import Studio
 
-    from .conftest import free_port
+    from .conftest import free_port, serving
 
     copy = tmp_path / "tiny-sd"
     shutil.copytree(tiny_sd_folder, copy)
@@ -64,19 +63,14 @@ def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_go
     (data / "models.json").write_text(json.dumps([{"name": "Tiny SD", "source": str(copy), "family": "sd",
                                                   "width": 64, "height": 64, "num_inference_steps": 2}]))
     settings = Settings(data_dir=data, user="ada", port=free_port())
-    studio = Studio.from_settings(settings)
-    app = launch(studio, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+    with serving(settings) as (studio, url):
+        client = Client(url, verbose=False)
         note, sampler, steps, guidance, width, height, negative = client.predict("Tiny SD", api_name="/pick_model")
         assert "**Tiny SD** loaded (sd" in note and (steps, width, height) == (2, 64, 64)
         _, _, details = client.predict("a red square", "", sampler, steps, guidance, width, height, 7, 1, 1, -1, 0.1,
                                        [], "", None, 0.6, "Tiny SD", api_name="/txt2img")
         record = studio.gallery.get(details["id"])
         assert record.model == str(copy) and record.model_revision == studio.engine.load(str(copy)).revision
-    finally:
-        app.close()
-        studio.close()
     # The weights are deleted; a fresh studio's rerun says so and writes nothing.
     shutil.rmtree(copy)
     again = Studio.from_settings(settings)
@@ -97,11 +91,9 @@ def test_the_page_hides_what_the_picked_model_cannot_use(tmp_path, page, tiny_sd
 
     from playwright.sync_api import expect
 
-    from webui.app import launch
     from webui.settings import Settings
-    from webui.studio import Studio
 
-    from .conftest import free_port
+    from .conftest import free_port, serving
 
     data = tmp_path / "data"
     data.mkdir()
@@ -109,11 +101,8 @@ def test_the_page_hides_what_the_picked_model_cannot_use(tmp_path, page, tiny_sd
         {"name": "Tiny XL", "source": str(tiny_sdxl_folder), "family": "sdxl", "width": 64, "height": 64},
         {"name": "Tiny FLUX", "source": str(tiny_flux_folder), "family": "flux", "width": 64, "height": 64},
     ]))
-    settings = Settings(data_dir=data, user="ada", port=free_port())
-    studio = Studio.from_settings(settings)
-    app = launch(studio, prevent_thread_lock=True, quiet=True)
-    try:
-        page.goto(f"http://127.0.0.1:{settings.port}/")
+    with serving(Settings(data_dir=data, user="ada", port=free_port())) as (_, url):
+        page.goto(url)
         refiner = page.get_by_text("SDXL refiner", exact=True)
         expect(refiner.first).to_be_hidden()  # the embedded model is no SDXL model
 
@@ -134,6 +123,3 @@ def test_the_page_hides_what_the_picked_model_cannot_use(tmp_path, page, tiny_sd
         expect(panel.get_by_text("SDXL refiner", exact=True)).to_be_hidden()
         page.get_by_role("tab", name="ControlNet").click()
         expect(page.get_by_role("tabpanel").get_by_label("Negative prompt")).to_be_hidden()
-    finally:
-        app.close()
-        studio.close()

@@ -199,16 +199,13 @@ def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gon
     from gradio_client import Client
 
     from pipelines.engine import ModelError
-    from webui.app import launch
-    from tests.webui.conftest import free_port
+    from tests.webui.conftest import free_port, serving
 
     refiner = tmp_path / "refiner"
     shutil.copytree(tiny_sdxl_refiner_folder, refiner)
     settings = Settings(data_dir=tmp_path / "data", user="ada", model=str(tiny_sdxl_folder), port=free_port())
-    studio = Studio.from_settings(settings)
-    app = launch(studio, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+    with serving(settings) as (studio, url):
+        client = Client(url, verbose=False)
         _, summary, details = client.predict(
             "a (red:1.2) circle", "", "Euler", 6, 5.0, 64, 64, 3, 1, refiner=str(refiner), refiner_switch=0.6,
             api_name="/txt2img",
@@ -227,9 +224,6 @@ def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gon
         else:
             raise AssertionError("a refiner ran on the embedded model")
         assert studio.gallery.count() == before
-    finally:
-        app.close()
-        studio.close()
     # Later, on a fresh start, the refiner's folder is gone: the rerun says so.
     shutil.rmtree(refiner)
     studio = Studio.from_settings(settings)
