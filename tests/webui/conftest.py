@@ -25,6 +25,27 @@ def wait_until(check: Callable[[], object], *, what: str, timeout: float = 120.0
         time.sleep(0.02)
 
 
+def save_lora(path, pipe, seed):
+    """A LoRA for ``pipe``'s denoiser (a UNet, or FLUX's transformer), as a trainer saves one:
+    PEFT layers on its attention projections with random non-zero weights."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    part = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+    denoiser = copy.deepcopy(getattr(pipe, part))
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), denoiser)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in denoiser.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    type(pipe).save_lora_weights(str(path.parent), weight_name=path.name,
+                                 **{f"{part}_lora_layers": get_peft_model_state_dict(denoiser)})
+
+
 @pytest.fixture
 def settings(tmp_path):
     return Settings(data_dir=tmp_path / "data", user="ada", port=free_port())

@@ -118,7 +118,7 @@ def test_image_to_image_repaints_the_background_asked_for(launched, page, tmp_pa
 
 
 def test_image_to_image_takes_a_lora_copied_in_while_the_studio_runs(launched, page, tmp_path):
-    from tests.webui.test_studio_controls import save_lora
+    from .conftest import save_lora
 
     studio, url = launched
     _, path = draw(tmp_path, "start", Scene("square", "red", "blue", 0.22, 0.5, 0.5))

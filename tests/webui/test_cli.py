@@ -55,7 +55,7 @@ def test_rerun_of_a_missing_record_says_so(tmp_path, capsys):
 
 def test_generate_with_a_lora_a_variation_and_a_bad_lora_weight(tmp_path, capsys):
     from pipelines.engine import Engine
-    from tests.webui.test_studio_controls import save_lora
+    from .conftest import save_lora
 
     data = ["--data", str(tmp_path)]
     (tmp_path / "loras").mkdir()

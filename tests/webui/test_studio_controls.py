@@ -1,28 +1,13 @@
 """Weighted prompts, LoRAs, variation seeds, reference images and an SDXL refiner through the studio and its API:
 recorded, re-run to the same sha256, and refused in one sentence (nothing written) where they cannot run."""
 
-import copy
-
 import pytest
-import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.utils import get_peft_model_state_dict
 
 from pipelines.requests import Text2ImgRequest
 from webui.settings import Settings
 from webui.studio import Studio
 
-
-def save_lora(path, pipe, seed):
-    """A UNet LoRA for ``pipe``, as a trainer saves one: PEFT layers with random non-zero weights."""
-    unet = copy.deepcopy(pipe.unet)
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), unet)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in unet.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    type(pipe).save_lora_weights(str(path.parent), weight_name=path.name, unet_lora_layers=get_peft_model_state_dict(unet))
+from .conftest import save_lora
 
 
 def test_weighted_prompt_lora_and_variation_rerun_identically(tmp_path):
