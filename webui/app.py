@@ -70,7 +70,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # The style controls come after the tab switch: API clients reading the first outputs keep working.
         gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs, *styles.values()],
-                                     api_name="send_to_tab", queue=False)
+                                     api_name="send_to_tab")
         app.load(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
 
         def pick(name, progress=gr.Progress()):

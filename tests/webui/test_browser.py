@@ -47,3 +47,17 @@ def test_search_open_and_rerun_shows_identical(launched, page):
     expect(page.get_by_text("identical", exact=False).first).to_be_visible(timeout=60_000)
     [child] = studio.gallery.children(record.id)
     assert [i.sha256 for i in child.outputs] == [i.sha256 for i in record.outputs]
+
+
+def test_a_refusal_reads_as_its_sentence_not_a_bare_error_badge(launched, page):
+    """Gradio shows only an "Error" badge for an unqueued event's gr.Error; the studio's are queued, so it reads."""
+    studio, url = launched
+    page.goto(url)
+    page.get_by_role("tab", name="Gallery").click()
+    page.get_by_label("Record id").fill("4242")
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_text("Generation 4242 does not exist.").first).to_be_visible(timeout=10_000)
+    # Cancel with nothing running says so.
+    page.get_by_role("tab", name="Text to image").click()
+    page.get_by_role("tabpanel").get_by_role("button", name="Cancel").click()
+    expect(page.get_by_text("Nothing is running or waiting in this tab.").first).to_be_visible(timeout=10_000)

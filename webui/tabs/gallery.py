@@ -393,41 +393,35 @@ def build(jobs: Jobs) -> dict[str, Any]:
     record_view = [record_id, image, outputs, inputs, description, family, params, verdict, note, download]
     refresh = [*shown, chosen, cursors, next_cursor, board_filter, board_name]
     filter_inputs = [search_text, scope, who, model_filter, task, review, starred, tag_filter, board_filter, since, until, status]
+    # Every event that can refuse something is queued: Gradio shows a queued event's gr.Error as a
+    # message, and an unqueued one's as a bare "Error" badge on its outputs.
     gr.on([search_button.click, search_text.submit], search, inputs=filter_inputs,
-          outputs=[*shown, chosen, cursors, next_cursor], api_name="gallery_search", queue=False)
-    refresh_button.click(newest, outputs=refresh,
-                         api_name="gallery_page", queue=False)
+          outputs=[*shown, chosen, cursors, next_cursor], api_name="gallery_search")
+    refresh_button.click(newest, outputs=refresh, api_name="gallery_page")
     older_button.click(older, inputs=[chosen, cursors, next_cursor], outputs=[*shown, cursors, next_cursor],
-                       queue=False, api_visibility="private")
-    newer_button.click(newer, inputs=[chosen, cursors], outputs=[*shown, cursors, next_cursor], queue=False,
                        api_visibility="private")
-    export_button.click(export, inputs=[board_filter, ids], outputs=export_file, api_name="export", queue=False)
-    grid.select(select, inputs=ids, outputs=record_view, queue=False, api_visibility="private")
+    newer_button.click(newer, inputs=[chosen, cursors], outputs=[*shown, cursors, next_cursor], api_visibility="private")
+    export_button.click(export, inputs=[board_filter, ids], outputs=export_file, api_name="export")
+    grid.select(select, inputs=ids, outputs=record_view, api_visibility="private")
     gr.on([open_button.click, record_id.submit], open_record, inputs=record_id, outputs=record_view,
-          api_name="gallery_record", queue=False)
-    star_button.click(star, inputs=record_id, outputs=record_view, api_name="star", queue=False)
-    approve_button.click(set_review("approved"), inputs=[record_id, note], outputs=record_view,
-                         api_name="approve", queue=False)
-    reject_button.click(set_review("rejected"), inputs=[record_id, note], outputs=record_view,
-                        api_name="reject", queue=False)
-    clear_button.click(set_review("none"), inputs=[record_id, note], outputs=record_view, queue=False,
-                       api_visibility="private")
-    gr.on([tag_button.click, tags.submit], tag, inputs=[record_id, tags], outputs=record_view, api_name="tag",
-          queue=False)
-    board_button.click(to_board, inputs=[record_id, board_name], outputs=record_view, api_name="add_to_board",
-                       queue=False).success(newest, outputs=refresh, queue=False, api_visibility="private")
+          api_name="gallery_record")
+    star_button.click(star, inputs=record_id, outputs=record_view, api_name="star")
+    approve_button.click(set_review("approved"), inputs=[record_id, note], outputs=record_view, api_name="approve")
+    reject_button.click(set_review("rejected"), inputs=[record_id, note], outputs=record_view, api_name="reject")
+    clear_button.click(set_review("none"), inputs=[record_id, note], outputs=record_view, api_visibility="private")
+    gr.on([tag_button.click, tags.submit], tag, inputs=[record_id, tags], outputs=record_view, api_name="tag")
+    board_button.click(to_board, inputs=[record_id, board_name], outputs=record_view, api_name="add_to_board"
+                       ).success(newest, outputs=refresh, api_visibility="private")
     # Two presses: the first only shows the confirm button.
-    delete_button.click(ask_delete, inputs=record_id, outputs=confirm_delete, queue=False, api_visibility="private")
-    confirm_delete.click(delete, inputs=record_id, outputs=record_view, api_name="delete", queue=False).then(
+    delete_button.click(ask_delete, inputs=record_id, outputs=confirm_delete, api_visibility="private")
+    confirm_delete.click(delete, inputs=record_id, outputs=record_view, api_name="delete").then(
         lambda: gr.update(visible=False), outputs=confirm_delete, queue=False, api_visibility="private"
-    ).success(newest, outputs=refresh, queue=False,
-              api_visibility="private")
+    ).success(newest, outputs=refresh, api_visibility="private")
     record_id.change(lambda: gr.update(visible=False), outputs=confirm_delete, queue=False, api_visibility="private")
     rerun_event = rerun_button.click(rerun, inputs=record_id, outputs=record_view, api_name="rerun", **jobs.gpu_event)
     variations_event = variations_button.click(variations, inputs=[record_id, variation_count], outputs=record_view,
                                                api_name="variations", **jobs.gpu_event)
-    requeue_event = requeue_button.click(requeue, inputs=record_id, outputs=record_view, api_name="requeue",
-                                         queue=False)
+    requeue_event = requeue_button.click(requeue, inputs=record_id, outputs=record_view, api_name="requeue")
     for event in (rerun_event, variations_event, requeue_event):
-        event.success(newest, outputs=refresh, queue=False, api_visibility="private")
+        event.success(newest, outputs=refresh, api_visibility="private")
     return {"refresh": newest, "outputs": refresh, "send_button": send_button, "record_id": record_id, "load": load}

@@ -171,7 +171,7 @@ def _wire(jobs: Jobs, widgets: dict, inputs: list, handler: Callable[..., Any], 
         concurrency_id="gpu",
         concurrency_limit=studio.settings.gpu_workers,
     )
-    widgets["cancel"].click(jobs.cancel, queue=False, api_visibility="private")
+    widgets["cancel"].click(jobs.cancel, api_visibility="private")
     return event
 
 

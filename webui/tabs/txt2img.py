@@ -203,7 +203,8 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
         concurrency_id="gpu",
         concurrency_limit=studio.settings.gpu_workers,
     )
-    cancel_button.click(jobs.cancel, api_name="cancel", queue=False)
+    # Queued, as every event that can say something: Gradio shows an unqueued event's messages as a bare badge.
+    cancel_button.click(jobs.cancel, api_name="cancel")
     random_button.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     reuse_button.click(lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False,
                        api_visibility="private")
@@ -211,7 +212,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
     # What "Send to Text to image" and a PNG import fill besides the fields: the style controls.
     styles = {**varied, **styled, **refined}
     dropped.upload(import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary],
-                   api_name="import_png", queue=False
+                   api_name="import_png"
                    ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
     return {"generated": generated, "fields": fields, "styles": styles, "negative_prompt": negative_prompt,
             "refiner_box": refiner_box}
