@@ -777,8 +777,6 @@ def check_family(family: str, request: GenerationRequest) -> None:
         return
     if request.negative_prompt.strip():
         raise ModelError("negative_prompt does not apply to FLUX models (their guidance is built in); leave it empty.")
-    if request.variation_seeds is not None:
-        raise ModelError("variation seeds are not available for FLUX models yet; set variation_strength to 0.")
 
 
 def _fit_arguments(pipe: DiffusionPipeline, request: GenerationRequest, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -817,20 +815,31 @@ def _variation_latents(pipe: DiffusionPipeline, request: GenerationRequest) -> t
     """Starting noise per image: seed + i's noise blended towards variation_seed + i's.
 
     Each noise is drawn as the pipeline would draw it (one CPU generator per
-    image, the latent shape of one image), so strength 0 is the seed's own
-    image and strength 1 the variation seed's.
+    image, the latent shape of one image; FLUX's then packed into its 2x2
+    patches), so strength 0 is the seed's own image and strength 1 the
+    variation seed's.
     """
     factor = pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+    flux = getattr(pipe, "transformer", None) is not None
+    if flux:  # FLUX's latent sides are even: they are packed in 2x2 patches
+        channels = pipe.transformer.config.in_channels // 4
+        height, width = (2 * (side // (factor * 2)) for side in (request.height, request.width))
+    else:
+        channels = pipe.unet.config.in_channels
+        height, width = request.height // factor, request.width // factor
+    shape = (1, channels, height, width)
 
     def noise(seed: int) -> torch.Tensor:
         return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
-    blended = [
+    blended = torch.cat([
         _slerp(noise(seed), noise(other), request.variation_strength)
         for seed, other in zip(request.seeds, request.variation_seeds)
-    ]
-    return torch.cat(blended).to(pipe.device, pipe.unet.dtype)
+    ])
+    if flux:
+        blended = pipe._pack_latents(blended, len(request.seeds), channels, height, width)
+    denoiser = pipe.transformer if flux else pipe.unet
+    return blended.to(pipe.device, denoiser.dtype)
 
 
 def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:

@@ -59,13 +59,28 @@ def test_flux_same_seed_same_pixels_and_the_prompt_cache(flux):
     [
         ({"negative_prompt": "blurry"}, "negative_prompt does not apply to FLUX"),
         ({"sampler": "DPM++ 2M"}, "sampler must be Euler for a flow-matching model"),
-        ({"variation_seed": 3, "variation_strength": 0.5}, "variation seeds are not available for FLUX"),
     ],
 )
 def test_what_does_not_apply_to_flux_is_said_plainly(flux, changes, message):
     engine, common = flux
     with pytest.raises(ModelError, match=message):
         engine.run(Text2ImgRequest(prompt="a red square", width=64, height=64, **{**common, **changes}))
+
+
+def test_flux_variations_blend_its_packed_noise(flux):
+    """Strength 0 is the seed's own image, 1 the variation seed's, pixel for pixel; between, a near copy."""
+    engine, common = flux
+    common = {**common, "prompt": "a red square", "width": 64, "height": 64, "batch_size": 2}
+
+    def images(**fields):
+        return [np.asarray(image, dtype=int) for image in engine.run(Text2ImgRequest(**{**common, **fields})).images]
+
+    own, others = images(seed=5), images(seed=50)
+    assert all(np.array_equal(a, b) for a, b in zip(images(seed=5, variation_seed=50, variation_strength=0.0), own))
+    assert all(np.array_equal(a, b) for a, b in zip(images(seed=5, variation_seed=50, variation_strength=1.0), others))
+    near = images(seed=5, variation_seed=50, variation_strength=0.1)[0]
+    assert not np.array_equal(near, own[0])
+    assert np.abs(near - own[0]).mean() < 0.5 * np.abs(others[0] - own[0]).mean()
 
 
 def test_a_stable_diffusion_controlnet_is_refused_on_flux(flux, tiny_sd_controlnet_folder):
