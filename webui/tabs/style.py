@@ -2,9 +2,9 @@
 
 Each tab lays them out with ``lora_and_reference`` (``variations`` where its
 task starts from noise, ``refiner`` where an SDXL refiner can finish it) and
-turns their values into request fields with
-``request_fields``; the request checks them, so a bad weight or a missing
-LoRA reads the same in every tab.
+turns their values into request fields with ``request_fields``; the request
+checks them, so a bad weight or a missing LoRA reads the same in every tab.
+``values_from`` goes the other way, from a stored request to the widgets.
 """
 
 from __future__ import annotations
