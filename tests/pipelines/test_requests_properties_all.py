@@ -126,6 +126,9 @@ COMMON = {
                            st.one_of(st.sampled_from([-0.01, 1.01, float("nan")]), junk)),
     "ip_adapter_image": (st.one_of(st.none(), photo, st.just(HASH_ONLY)), junk),
     "ip_adapter_scale": (st.floats(0, 2), st.one_of(st.sampled_from([-0.1, 2.1, float("inf")]), junk)),
+    "refiner": (st.one_of(st.none(), st.sampled_from(["org/some-refiner", "/m/r.safetensors"])),
+                st.one_of(st.sampled_from(["", "  ", "x" * 10_001]), junk)),
+    "refiner_switch": (st.floats(0.01, 0.99), st.one_of(st.sampled_from([0, 1, 1.0, -0.5, float("nan")]), junk)),
     "loras": (
         st.lists(st.tuples(st.sampled_from(["style", "texture", "a b", "..", "ünï"]), st.floats(-2, 2)),
                  max_size=8, unique_by=lambda pair: pair[0]),
