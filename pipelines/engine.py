@@ -619,6 +619,10 @@ class Engine:
                 preview: Callable[[Any], None] | None) -> list[Any]:
         """Finish the base's latents with the refiner from ``refiner_switch`` on; the same generators go on."""
         loaded, pipe = refiner
+        # The LoRAs and the reference image are the base's: a model used as a refiner runs as itself,
+        # whatever an earlier run of it as a base left attached.
+        lora.clear(pipe)
+        ip_adapter.detach(pipe)
         pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
         self.switches.tile_vae(pipe.vae, request.width * request.height)
         previews = self._previews(loaded, pipe, preview)

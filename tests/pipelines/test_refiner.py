@@ -121,3 +121,22 @@ def test_a_weighted_prompt_reaches_the_refiner_too(engine, tiny_sdxl_folder, tin
     plain = run(engine, request.replace(prompt="a red circle", negative_prompt="blurry"))[1][0]
     assert not np.array_equal(weighted, plain)
     assert np.array_equal(run(engine, request)[1][0], weighted)
+
+
+def test_a_model_used_as_a_refiner_runs_as_itself_whatever_ran_on_it_before(tiny_sdxl_folder, tmp_path):
+    """An SDXL model first run as a base with a LoRA keeps the adapter loaded; as a refiner it must not apply it."""
+    import shutil
+
+    from tests.webui.conftest import save_lora
+
+    other = tmp_path / "another-xl"
+    shutil.copytree(tiny_sdxl_folder, other)
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    request = Text2ImgRequest(prompt="a red circle", model=str(tiny_sdxl_folder), refiner=str(other), **SETTINGS)
+    clean = np.asarray(Engine(max_models=2).run(request).images[0])
+
+    engine = Engine(max_models=2, loras_dir=loras)
+    save_lora(loras / "strong.safetensors", engine.load(str(other)).base, seed=1)
+    engine.run(Text2ImgRequest(prompt="a red circle", model=str(other), loras=(("strong", 1.0),), **SETTINGS))
+    assert np.array_equal(np.asarray(engine.run(request).images[0]), clean)
