@@ -706,14 +706,14 @@ class Engine:
                 if request.variation_seeds is not None:
                     task.arguments["latents"] = _variation_latents(pipe, request)
                 arguments = _fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments})
-                stages = _Stages(request, progress)
+                stages = _Stages(request, progress) if refiner is not None else None
                 if refiner is not None:  # the base stops at the switch and hands over its latents
                     arguments.update(denoising_end=request.refiner_switch)
                 output = pipe(
                     **embeds,
                     **arguments,
                     generator=generators,
-                    callback_on_step_end=_on_step_end(stages.base if refiner else progress, cancel, index,
+                    callback_on_step_end=_on_step_end(stages.base if stages else progress, cancel, index,
                                                       len(task.prompts), request.num_inference_steps,
                                                       previews(request) if previews else None),
                     output_type="latent" if refiner is not None else "pil",
