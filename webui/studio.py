@@ -162,7 +162,8 @@ class Studio:
         from pipelines.engine import resolve_source
 
         # 1. Check before writing: the model must exist (loading it waits for
-        #    the GPU, so only its source is checked here), and the queue have room.
+        #    the GPU, so only its source is checked here), what the run would
+        #    refuse is refused now, and the queue must have room.
         resolve_source(request.model)
         self._precheck(request)
         inputs = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
@@ -181,12 +182,13 @@ class Studio:
         """Refuse, without loading the model, what the run would refuse: the queue then holds only runnable jobs.
 
         Prompt weights, LoRA files, the model family's limits (a FLUX model
-        takes no negative prompt) and IP-Adapter weights for a reference
-        image. The family is the loaded model's, else the model list's, else
-        a guess from the name; the engine checks the real one when it runs.
+        takes no negative prompt, only SDXL takes a refiner), the refiner's
+        source and IP-Adapter weights for a reference image. The family is
+        the loaded model's, else the model list's, else a guess from the
+        name; the engine checks the real one when it runs.
         """
         from pipelines import ip_adapter, lora, prompts
-        from pipelines.engine import check_family
+        from pipelines.engine import ModelError, check_family, resolve_source
 
         texts = getattr(request, "prompts", None) or [request.prompt]
         for text in texts:
@@ -197,8 +199,6 @@ class Studio:
         family = self._family(request.model)
         check_family(family, request)
         if request.refiner is not None:
-            from pipelines.engine import ModelError, resolve_source
-
             try:
                 resolve_source(request.refiner)
             except ModelError as error:
