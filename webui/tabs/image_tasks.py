@@ -23,7 +23,7 @@ from webui.jobs import Jobs
 from webui.models import load_models
 from webui.settings import model_defaults
 from webui.tabs import style
-from webui.tabs.txt2img import _family, record_summary
+from webui.tabs.common import model_family, model_source, outputs_panel, record_details, record_summary
 
 BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
 
@@ -51,16 +51,6 @@ def upload_image(**options: Any) -> gr.Image:
     return widget
 
 
-def _details(record, gallery) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "status": record.status,
-        "params": record.params,
-        "images": [{"sha256": i.sha256, "seed": i.seed, "file": i.path} for i in record.outputs],
-        "inputs": [{"role": i.role, "sha256": i.sha256, "file": i.path} for i in record.images if i.role != "output"],
-    }
-
-
 def _settings_widgets(defaults: dict[str, Any]) -> dict[str, gr.components.Component]:
     """Sampler, steps, guidance, seed and size: the same row in every image tab."""
     with gr.Row():
@@ -74,17 +64,6 @@ def _settings_widgets(defaults: dict[str, Any]) -> dict[str, gr.components.Compo
         height = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Height (0: the image's)")
     return {"sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed, "batch_size": batch_size,
             "width": width, "height": height}
-
-
-def _outputs() -> dict[str, gr.components.Component]:
-    with gr.Row():
-        run = gr.Button("Generate", variant="primary", scale=3)
-        cancel = gr.Button("Cancel", variant="stop", scale=1)
-    images = gr.Gallery(label="Images", format="png", columns=2, height=380, object_fit="contain")
-    summary = gr.Markdown()
-    with gr.Accordion("Details", open=False):
-        details = gr.JSON(label="Record")
-    return {"run": run, "cancel": cancel, "images": images, "summary": summary, "details": details}
 
 
 def _common(settings: list[Any]) -> dict[str, Any]:
@@ -105,15 +84,13 @@ def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count:
     """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it forming."""
     studio = jobs.studio
 
-    from webui.tabs.txt2img import _source
-
     models = load_models(studio.settings.data_dir, studio.settings.model)
 
     def run(*arguments):
         *values, request, progress = arguments
         task_values, model_name, style_values = values[: -len(styled) - 1], values[-len(styled) - 1], values[-len(styled):]
         try:
-            generation = make(*task_values, model=_source(models, model_name, studio.settings.model))
+            generation = make(*task_values, model=model_source(models, model_name, studio.settings.model))
             generation = generation.replace(**style.request_fields(**dict(zip(styled, style_values))))
         except (RequestError, ValueError, TypeError) as error:
             raise gr.Error(str(error)) from None
@@ -127,11 +104,11 @@ def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count:
         record = value
         if record.status == "cancelled":
             gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
-            yield [], f"**Record #{record.id}** · cancelled", _details(record, studio.gallery)
+            yield [], f"**Record #{record.id}** · cancelled", record_details(record, inputs=True)
             return
         paths = [str(studio.gallery.path(image.path)) for image in record.outputs]
         seconds = record.timings.get("total_ms", 0) / 1000
-        yield paths, record_summary(record, seconds=seconds), _details(record, studio.gallery)
+        yield paths, record_summary(record, seconds=seconds), record_details(record, inputs=True)
 
     # Gradio hands the session and a progress bar to parameters it can see in
     # the signature; a *args handler has none, so it is given one per input.
@@ -192,10 +169,10 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
             settings = _settings_widgets(defaults)
             styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
             models = load_models(jobs.studio.settings.data_dir, model)
-            refiner_box, refined = style.refiner(models, visible=_family(models, model) == "sdxl")
+            refiner_box, refined = style.refiner(models, visible=model_family(models, model) == "sdxl")
             styled.update(refined)
         with gr.Column(scale=5):
-            outputs = _outputs()
+            outputs = outputs_panel(height=380)
 
     def make(picture, prompt_text, negative_text, strength_value, mode, *values, model=model):
         return build_request("img2img", prompt=prompt_text, negative_prompt=negative_text, model=model,
@@ -243,7 +220,7 @@ def build_inpaint(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
             settings = _settings_widgets(defaults)
             styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
         with gr.Column(scale=5):
-            outputs = _outputs()
+            outputs = outputs_panel(height=380)
             preview = gr.Image(label="What will change (magenta)", type="pil", interactive=False)
             found = gr.Markdown()
 
@@ -346,7 +323,7 @@ def build_controlnet(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str,
         with gr.Column(scale=5):
             preview_button = gr.Button("Preview the control image", size="sm")
             preview = gr.Image(label="Control image the ControlNet sees", type="pil", interactive=False)
-            outputs = _outputs()
+            outputs = outputs_panel(height=380)
 
     def params(name, low_value, high_value):
         return {"low_threshold": int(low_value), "high_threshold": int(high_value)} if name == "canny" else {}

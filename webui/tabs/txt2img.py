@@ -21,38 +21,7 @@ from webui.imports import MetadataError, import_png
 from webui.jobs import Jobs
 from webui.settings import model_defaults
 from webui.tabs import style
-
-
-def record_summary(record, *, seconds: float | None = None) -> str:
-    seeds = ", ".join(str(image.seed) for image in record.outputs)
-    took = f" · {seconds:.2f} s" if seconds is not None else ""
-    return f"**Record #{record.id}** · {record.status} · seed {seeds}{took}"
-
-
-def record_details(record, gallery) -> dict[str, Any]:
-    """What API clients read back: the record id and each image's hash and seed."""
-    return {
-        "id": record.id,
-        "status": record.status,
-        "params": record.params,
-        "images": [{"sha256": i.sha256, "seed": i.seed, "file": i.path} for i in record.outputs],
-    }
-
-
-def _family(models, source: str) -> str | None:
-    """The listed family of a model (embedded, sd, sdxl, flux), or None when it is not in the list."""
-    from webui.models import find
-
-    entry = find(models, source)
-    return entry.family if entry is not None else None
-
-
-def _source(models, name, started_with: str) -> str:
-    """The picked model's source, which the request records; the studio's own model when none is picked."""
-    from webui.models import find
-
-    entry = find(models, name) if name else None
-    return entry.source if entry is not None else started_with
+from webui.tabs.common import model_family, model_source, outputs_panel, record_details, record_summary
 
 
 # The request fields this tab shows, in the order of its widgets.
@@ -63,7 +32,7 @@ FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidan
 def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.components.Component]:
     studio = jobs.studio
     defaults = model_defaults(studio.settings.model)
-    from webui.models import find, load_models
+    from webui.models import load_models
 
     models = load_models(studio.settings.data_dir, studio.settings.model)
 
@@ -85,7 +54,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 height=int(height),
                 seed=random_seed() if seed == -1 else seed,
                 batch_size=int(batch_size),
-                model=_source(models, model_name, studio.settings.model),
+                model=model_source(models, model_name, studio.settings.model),
                 **style.request_fields(lora_names, lora_weights, reference, reference_scale, variation_seed,
                                        variation_strength, refiner, refiner_switch),
             )
@@ -115,13 +84,13 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
             paths += [str(studio.gallery.path(image.path)) for image in record.outputs]
         last = records[-1]
         if last.status == "cancelled":
-            yield paths, f"**Record #{last.id}** · cancelled", record_details(last, studio.gallery), first.seed
+            yield paths, f"**Record #{last.id}** · cancelled", record_details(last), first.seed
             return
         seconds = sum(r.timings.get("total_ms", 0) for r in records) / 1000
         summary = "  \n".join(record_summary(r, seconds=r.timings.get("total_ms", 0) / 1000) for r in records)
         if len(records) > 1:
             summary += f"  \n{len(records)} batches in {seconds:.2f} s"
-        yield paths, summary, record_details(last, studio.gallery), first.seed
+        yield paths, summary, record_details(last), first.seed
 
     def import_parameters(path: str | None) -> list:
         """Fill every field from a PNG's metadata (Atelier, AUTOMATIC1111, ComfyUI, InvokeAI)."""
@@ -175,19 +144,15 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
             styled = style.lora_and_reference(studio.settings.loras_folder)
-            refiner_box, refined = style.refiner(models, visible=_family(models, studio.settings.model) == "sdxl")
+            refiner_box, refined = style.refiner(models, visible=model_family(models, studio.settings.model) == "sdxl")
             with gr.Accordion("Batches and variations", open=False):
                 with gr.Row():
                     batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
                     varied = style.variations()
         with gr.Column(scale=5):
-            with gr.Row():
-                generate_button = gr.Button("Generate", variant="primary", scale=3)
-                cancel_button = gr.Button("Cancel", variant="stop", scale=1)
-            images = gr.Gallery(label="Images", format="png", columns=2, height=420, object_fit="contain")
-            summary = gr.Markdown()
-            with gr.Accordion("Details", open=False):
-                details = gr.JSON(label="Record")
+            shown = outputs_panel(height=420)
+            generate_button, cancel_button = shown["run"], shown["cancel"]
+            images, summary, details = shown["images"], shown["summary"], shown["details"]
     last_seed = gr.State(None)
 
     # -- events -----------------------------------------------------------
