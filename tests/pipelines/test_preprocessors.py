@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipelines import preprocessors
-from pipelines.preprocessors import PREPROCESSORS, availability, available, check_params, run
+from pipelines.preprocessors import ANNOTATORS, PREPROCESSORS, availability, available, check_params, run
 from pipelines.requests import RequestError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -199,7 +199,7 @@ def test_weighted_preprocessor_is_unavailable_with_an_empty_cache(name):
     ok, reason = availability(name)
 
     assert not ok
-    assert "lllyasviel/Annotators" in reason
+    assert ANNOTATORS in reason  # the hub repository the weights come from
     for filename in PREPROCESSORS[name].weights.files:
         assert filename in reason
     with pytest.raises(RequestError) as raised:
@@ -208,7 +208,7 @@ def test_weighted_preprocessor_is_unavailable_with_an_empty_cache(name):
 
 
 def test_cached_weights_make_a_preprocessor_available(empty_hf_cache):
-    put_in_cache(empty_hf_cache, "lllyasviel/Annotators", "dpt_hybrid-midas-501f0c75.pt")
+    put_in_cache(empty_hf_cache, ANNOTATORS, "dpt_hybrid-midas-501f0c75.pt")
     assert availability("depth_midas") == (True, "")
     assert not availability("normal_bae")[0]
 
@@ -216,7 +216,7 @@ def test_cached_weights_make_a_preprocessor_available(empty_hf_cache):
 def test_reason_names_only_the_missing_files(tmp_path, monkeypatch):
     hub = tmp_path / "elsewhere"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    put_in_cache(hub, "lllyasviel/Annotators", "body_pose_model.pth")
+    put_in_cache(hub, ANNOTATORS, "body_pose_model.pth")
 
     ok, reason = availability("openpose")
 

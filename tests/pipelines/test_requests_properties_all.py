@@ -119,7 +119,7 @@ COMMON = {
     "height": (st.sampled_from([64, 72, 512, 2048]), st.one_of(st.sampled_from([56, 100, 2056, -64, 512.0]), junk)),
     "sampler": (st.sampled_from(SAMPLER_NAMES), st.one_of(st.sampled_from(["k_lms", "euler"]), junk)),
     "batch_size": (st.integers(1, 16), st.one_of(st.sampled_from([0, 17, 1.0]), junk)),
-    "model": (st.sampled_from(["embedded", "runwayml/stable-diffusion-v1-5", "/models/x.safetensors"]),
+    "model": (st.sampled_from(["embedded", "org/stable-diffusion-v1-5", "/models/x.safetensors"]),
               st.one_of(st.sampled_from(["", "  "]), junk)),
     "variation_seed": (st.one_of(st.none(), seed), st.one_of(st.sampled_from([-1, MAX_SEED + 1]), junk)),
     "variation_strength": (st.one_of(st.just(0.0), fraction),
@@ -197,7 +197,7 @@ def unit_fields(draw) -> UnitFields:
     start = draw(st.floats(0, 0.9))
     fields = {
         "image": draw(photo),
-        "controlnet": draw(st.sampled_from(["embedded-canny", "sd15-canny", "lllyasviel/sd-controlnet-depth"])),
+        "controlnet": draw(st.sampled_from(["embedded-canny", "sd15-canny", "org/some-controlnet-depth"])),
         "preprocessor": name,
         "preprocessor_params": draw(st.fixed_dictionaries({}, optional={k: _param_value(v) for k, v in specs.items()})),
         "conditioning_scale": draw(st.floats(0, 2)),

@@ -17,7 +17,7 @@ def test_entries_take_their_family_defaults_and_their_own_settings(tmp_path):
     (tmp_path / "models.json").write_text(json.dumps([
         {"name": "SD 1.5", "source": "stable-diffusion-v1-5/stable-diffusion-v1-5", "num_inference_steps": 30},
         {"name": "Juggernaut XL", "source": "/models/juggernautXL.safetensors"},
-        {"name": "FLUX dev", "source": "black-forest-labs/FLUX.1-dev"},
+        {"name": "FLUX dev", "source": "org/FLUX.1-dev"},
     ]))
     models = load_models(tmp_path)
     sd, xl, flux = models[1:]
