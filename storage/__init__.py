@@ -3,19 +3,9 @@
 Knows nothing about torch, diffusers or Gradio (STYLE.md rule 1).
 """
 
+from storage.errors import LeaseLost, NotAllowed, RecordNotFound, StorageError
 from storage.gallery import Gallery
-from storage.records import (
-    BoardRecord,
-    GenerationRecord,
-    ImageInput,
-    ImageRecord,
-    LeaseLost,
-    NewGeneration,
-    NotAllowed,
-    Page,
-    RecordNotFound,
-    StorageError,
-)
+from storage.records import BoardRecord, GenerationRecord, ImageInput, ImageRecord, NewGeneration, Page
 from storage.users import UserRecord, Users
 
 __all__ = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import Counter
@@ -20,20 +19,23 @@ from sqlalchemy.orm import Session
 
 from storage import queue, search
 from storage.db import make_engine, upgrade
+from storage.errors import LeaseLost, NotAllowed, RecordNotFound, StorageError
 from storage.files import PNG_MODES, FileStore, StagedImage
 from storage.models import REVIEWS, ROLES, Base, Board, BoardItem, Generation, Image, Tag, utcnow
 from storage.pngmeta import png_text_chunks
-from storage.records import (
-    BoardRecord,
-    GenerationRecord,
-    ImageInput,
-    ImageRecord,
-    LeaseLost,
-    NewGeneration,
-    NotAllowed,
-    Page,
-    RecordNotFound,
-    StorageError,
+from storage.records import BoardRecord, GenerationRecord, ImageInput, ImageRecord, NewGeneration, Page
+from storage.validators import (
+    MAX_BOARD_NAME,
+    check_duration,
+    check_flag,
+    check_ids,
+    check_limit,
+    check_note,
+    check_seed,
+    check_tags,
+    check_text,
+    check_word,
+    json_object,
 )
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,6 @@ log = logging.getLogger(__name__)
 # What _write_with_files hands its writer: stage(generation_id, image, position=, text=) -> the image's row.
 _Stage = Callable[..., Image]
 
-_MAX_SEED = 2**63 - 1  # BIGINT is signed
-_MAX_LIST = 1000
-_MAX_BOARD_NAME = 100
-_MAX_NOTE = 10_000
 _END_STATUSES = ("failed", "cancelled")
 _REQUEUE_STATUSES = ("interrupted", "failed", "cancelled")
 _LIVE_STATUSES = ("queued", "running")
@@ -159,7 +157,7 @@ class Gallery:
         it until `finish` or `fail`. Two workers claiming at once, in any
         processes, never get the same job.
         """
-        worker = self.worker if worker is None else search.check_text(worker, field="worker")
+        worker = self.worker if worker is None else check_text(worker, field="worker")
         lease = self.lease_seconds if lease_seconds is None else queue.check_lease(lease_seconds)
         while True:
             now = self._now()
@@ -194,7 +192,7 @@ class Gallery:
         ended). This gallery already renews the leases it hands out; call
         this for a lease it does not keep.
         """
-        search.check_text(worker, field="worker")
+        check_text(worker, field="worker")
         lease = self.lease_seconds if lease_seconds is None else queue.check_lease(lease_seconds)
         self.expire_leases()
         now = self._now()
@@ -246,8 +244,8 @@ class Gallery:
         happened. Only the owner or an admin may; a job that is already queued
         or running again (a child of it is) is not queued a second time.
         """
-        search.check_text(by, field="by")
-        search.check_flag(is_admin, field="is_admin")
+        check_text(by, field="by")
+        check_flag(is_admin, field="is_admin")
         self.expire_leases()
         now = self._now()
         # Under the landing lock: the copied image rows name files that a
@@ -288,8 +286,8 @@ class Gallery:
         A running job is stopped by the process that runs it (its engine's
         cancel token, then `fail(status="cancelled")`); this refuses it.
         """
-        search.check_text(by, field="by")
-        search.check_flag(is_admin, field="is_admin")
+        check_text(by, field="by")
+        check_flag(is_admin, field="is_admin")
         with Session(self._engine) as session, session.begin():
             row = session.get(Generation, generation_id)
             if row is None:
@@ -331,7 +329,7 @@ class Gallery:
 
     def queued(self, *, limit: int = 50) -> list[GenerationRecord]:
         """The queued jobs in the order workers will take them, if nothing else changes; the first `limit`."""
-        _check_limit(limit)
+        check_limit(limit)
         with Session(self._engine) as session, session.begin():
             return self._records(session, _in_order(session, _claim_order(session)[:limit]))
 
@@ -412,11 +410,11 @@ class Gallery:
         for number, item in enumerate(images, start=1):
             if item.role == "output" and item.seed is None:
                 raise StorageError(f"Output image {number} has no seed; every output needs the seed that made it.")
-        environment = _json_object(environment, field="environment")
-        timings = _json_object(timings, field="timings")
-        _check_duration(duration_ms)
+        environment = json_object(environment, field="environment")
+        timings = json_object(timings, field="timings")
+        check_duration(duration_ms)
         if model_revision is not None:
-            search.check_text(model_revision, field="model_revision")
+            check_text(model_revision, field="model_revision")
         self.expire_leases()
 
         def write(session: Session, stage: _Stage) -> GenerationRecord:
@@ -462,11 +460,11 @@ class Gallery:
     ) -> GenerationRecord:
         if status not in _END_STATUSES:
             raise StorageError(f"status must be one of {', '.join(_END_STATUSES)}, not {status!r}.")
-        environment = _json_object(environment, field="environment")
-        timings = _json_object(timings, field="timings")
-        _check_duration(duration_ms)
+        environment = json_object(environment, field="environment")
+        timings = json_object(timings, field="timings")
+        check_duration(duration_ms)
         if model_revision is not None:
-            search.check_text(model_revision, field="model_revision")
+            check_text(model_revision, field="model_revision")
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
             self._running(session, generation_id)
@@ -528,7 +526,7 @@ class Gallery:
         self, *, limit: int = 24, before_id: int | None = None, status: str | None = None
     ) -> list[GenerationRecord]:
         """Newest first, optionally only one status; pass a page's last id as `before_id` for the next."""
-        _check_limit(limit)
+        check_limit(limit)
         where = search.conditions(status=status)
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
@@ -564,7 +562,7 @@ class Gallery:
         pages stay correct while the gallery changes.
         """
         # 1. Check inputs.
-        _check_limit(limit)
+        check_limit(limit)
         where = search.conditions(
             task=task,
             model=model,
@@ -663,26 +661,23 @@ class Gallery:
             return self._records(session, session.scalars(query).all())
 
     def star(self, generation_id: int, *, starred: bool) -> GenerationRecord:
-        search.check_flag(starred, field="starred")
+        check_flag(starred, field="starred")
         with Session(self._engine) as session, session.begin():
             self._set(session, generation_id, starred=starred)
             return self._load(session, generation_id)
 
     def review(self, generation_id: int, *, state: str, note: str | None, by: str) -> GenerationRecord:
         """Set a generation's review state ("none" undoes one), with an optional note; records who and when."""
-        search.check_word(state, REVIEWS, field="state")
-        if note is not None and not isinstance(note, str):
-            raise StorageError(f"note must be a string or None, not {type(note).__name__}.")
-        if note is not None and len(note) > _MAX_NOTE:
-            raise StorageError(f"note must be at most {_MAX_NOTE} characters, not {len(note)}.")
-        search.check_text(by, field="by")
+        check_word(state, REVIEWS, field="state")
+        check_note(note)
+        check_text(by, field="by")
         with Session(self._engine) as session, session.begin():
             self._set(session, generation_id, review=state, review_note=note, reviewed_by=by, reviewed_at=utcnow())
             return self._load(session, generation_id)
 
     def add_tags(self, generation_id: int, tags: Iterable[str]) -> GenerationRecord:
         """Add tags to a generation; tags it already has stay as they are."""
-        checked = search.check_tags(tags)
+        checked = check_tags(tags)
         with Session(self._engine) as session, session.begin():
             self._exists(session, generation_id)
             _insert_new(session, Tag, [{"generation_id": generation_id, "tag": tag} for tag in checked])
@@ -690,7 +685,7 @@ class Gallery:
 
     def remove_tags(self, generation_id: int, tags: Iterable[str]) -> GenerationRecord:
         """Remove tags from a generation; tags it does not have are ignored."""
-        checked = search.check_tags(tags)
+        checked = check_tags(tags)
         with Session(self._engine) as session, session.begin():
             self._exists(session, generation_id)
             if checked:
@@ -698,8 +693,8 @@ class Gallery:
             return self._load(session, generation_id)
 
     def create_board(self, name: str, *, by: str) -> BoardRecord:
-        search.check_text(name, field="name", longest=_MAX_BOARD_NAME)
-        search.check_text(by, field="by")
+        check_text(name, field="name", longest=MAX_BOARD_NAME)
+        check_text(by, field="by")
         taken = StorageError(f"A board named {name!r} already exists; choose another name.")
         try:
             with Session(self._engine) as session, session.begin():
@@ -714,7 +709,7 @@ class Gallery:
 
     def add_to_board(self, board: str, generation_ids: Iterable[int]) -> BoardRecord:
         """Put generations on a board by its name; those already on it stay as they are."""
-        ids = _check_ids(generation_ids)
+        ids = check_ids(generation_ids)
         with Session(self._engine) as session, session.begin():
             row = self._board(session, board)
             found = set(session.scalars(select(Generation.id).where(Generation.id.in_(ids))))
@@ -728,7 +723,7 @@ class Gallery:
 
     def remove_from_board(self, board: str, generation_ids: Iterable[int]) -> BoardRecord:
         """Take generations off a board by its name; those not on it are ignored."""
-        ids = _check_ids(generation_ids)
+        ids = check_ids(generation_ids)
         with Session(self._engine) as session, session.begin():
             row = self._board(session, board)
             if ids:
@@ -752,8 +747,8 @@ class Gallery:
         Only its owner (the `user` it was made for) or an admin may; a running
         generation must end first, a queued one be cancelled. Returns the record as it was.
         """
-        search.check_text(by, field="by")
-        search.check_flag(is_admin, field="is_admin")
+        check_text(by, field="by")
+        check_flag(is_admin, field="is_admin")
         self.expire_leases()
         # Files go with rows in the landing protocol's way, reversed (files.py):
         # mark the files, commit the deletion, then unlink what no row names.
@@ -875,7 +870,7 @@ class Gallery:
 
     @staticmethod
     def _board(session: Session, name: str) -> Board:
-        row = session.scalar(select(Board).where(Board.name == search.check_text(name, field="board")))
+        row = session.scalar(select(Board).where(Board.name == check_text(name, field="board")))
         if row is None:
             raise RecordNotFound(f"Board {name!r} does not exist.")
         return row
@@ -920,8 +915,8 @@ def _check_new(new: NewGeneration) -> dict[str, Any]:
     """Check a new generation's fields; returns its params as they will read back."""
     if not new.user:
         raise StorageError("user must not be empty.")
-    _check_seed(new.seed, field="seed")
-    return _json_object(new.params, field="params")
+    check_seed(new.seed, field="seed")
+    return json_object(new.params, field="params")
 
 
 def _check_images(images: Sequence[ImageInput]) -> None:
@@ -934,7 +929,7 @@ def _check_images(images: Sequence[ImageInput]) -> None:
                 f"{', '.join(PNG_MODES)}."
             )
         if item.seed is not None:
-            _check_seed(item.seed, field=f"Image {number} seed")
+            check_seed(item.seed, field=f"Image {number} seed")
 
 
 def _check_parent(session: Session, parent_id: int | None) -> None:
@@ -1055,21 +1050,6 @@ def _insert_new(session: Session, model: type[Base], rows: Sequence[Mapping[str,
     session.execute(insert(model.__table__).on_conflict_do_nothing(), list(rows))
 
 
-def _check_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIST:
-        raise StorageError(f"limit must be between 1 and {_MAX_LIST}, not {limit}.")
-
-
-def _check_ids(generation_ids: Iterable[int]) -> list[int]:
-    if isinstance(generation_ids, str | bytes) or not isinstance(generation_ids, Iterable):
-        raise StorageError(f"generation_ids must be a list of ids, not {type(generation_ids).__name__}.")
-    ids = list(generation_ids)
-    for generation_id in ids:
-        if isinstance(generation_id, bool) or not isinstance(generation_id, int):
-            raise StorageError(f"generation_ids must hold whole numbers, not {generation_id!r}.")
-    return list(dict.fromkeys(ids))
-
-
 def _board(row: Board, *, size: int) -> BoardRecord:
     return BoardRecord(id=row.id, name=row.name, created_by=row.created_by, created_at=row.created_at, size=size)
 
@@ -1143,26 +1123,3 @@ def _record(
         lease_owner=row.lease_owner,
         lease_expires_at=row.lease_expires_at,
     )
-
-
-def _json_object(value: Mapping[str, Any], *, field: str) -> dict[str, Any]:
-    """A deep copy as it will read back from the JSON column, so a record written equals one read."""
-    if not isinstance(value, Mapping):
-        raise StorageError(f"{field} must be a dict, not {type(value).__name__}.")
-    try:
-        copied: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
-    except (TypeError, ValueError) as error:
-        raise StorageError(
-            f"{field} must hold only JSON values (text, finite numbers, lists, dicts): {error}."
-        ) from None
-    return copied
-
-
-def _check_seed(seed: int, *, field: str) -> None:
-    if not 0 <= seed <= _MAX_SEED:
-        raise StorageError(f"{field} must be between 0 and {_MAX_SEED}, not {seed}.")
-
-
-def _check_duration(duration_ms: int | None) -> None:
-    if duration_ms is not None and duration_ms < 0:
-        raise StorageError(f"duration_ms must be zero or more, not {duration_ms}.")

@@ -9,22 +9,6 @@ from typing import Any
 from PIL import Image
 
 
-class StorageError(ValueError):
-    """A request the gallery cannot honour; the message is one sentence a person can act on."""
-
-
-class RecordNotFound(StorageError, LookupError):
-    """The id (or board name) names no record."""
-
-
-class NotAllowed(StorageError, PermissionError):
-    """The person asking may not do this to this record."""
-
-
-class LeaseLost(StorageError):
-    """The worker no longer holds a running job's lease: it was marked interrupted, or ended, without it."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class NewGeneration:
     """The indexed columns are copies of fields in `params`, kept so people can filter on them."""

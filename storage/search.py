@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,11 +68,11 @@ from sqlalchemy import (
     table,
 )
 
+from storage.errors import StorageError
 from storage.models import REVIEWS, SEARCH_TABLE, STATUSES, Board, BoardItem, Generation, Tag
-from storage.records import StorageError
+from storage.validators import check_flag, check_tag, check_text, check_time, check_word
 
 MAX_TEXT = 500
-MAX_TAG = 64
 RANK_WINDOW = 1000  # the newest this many text matches are ranked; older ones follow, newest first
 _SHORTEST_PREFIX = 3
 _WORD = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer keeps: letters and digits
@@ -256,50 +256,3 @@ def conditions(
     if created_from is not None and created_to is not None and created_from >= created_to:
         raise StorageError(f"created_from ({created_from}) must be earlier than created_to ({created_to}).")
     return where
-
-
-def check_text(value: object, *, field: str, longest: int = 255) -> str:
-    """A name, tag or person: non-empty text without surrounding spaces or control characters."""
-    if not isinstance(value, str):
-        raise StorageError(f"{field} must be a string, not {type(value).__name__}.")
-    if not value.strip():
-        raise StorageError(f"{field} must not be empty.")
-    if value != value.strip():
-        raise StorageError(f"{field} {value!r} must not begin or end with spaces.")
-    if len(value) > longest:
-        raise StorageError(f"{field} must be at most {longest} characters, not {len(value)}.")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise StorageError(f"{field} {value!r} must not contain control characters.")
-    return value
-
-
-def check_tag(tag: object) -> str:
-    checked = check_text(tag, field="tag", longest=MAX_TAG)
-    if "," in checked:
-        # Commas separate tags wherever people type several at once.
-        raise StorageError(f"tag {checked!r} must not contain a comma; pass each tag on its own.")
-    return checked
-
-
-def check_tags(tags: object) -> list[str]:
-    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
-        raise StorageError(f"tags must be a list of tags, not {type(tags).__name__}.")
-    return list(dict.fromkeys(check_tag(tag) for tag in tags))
-
-
-def check_word(value: object, allowed: tuple[str, ...], *, field: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise StorageError(f"{field} must be one of {', '.join(allowed)}, not {value!r}.")
-    return value
-
-
-def check_flag(value: object, *, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise StorageError(f"{field} must be True or False, not {value!r}.")
-    return value
-
-
-def check_time(value: object, *, field: str) -> datetime:
-    if not isinstance(value, datetime) or value.utcoffset() is None:
-        raise StorageError(f"{field} must be a timezone-aware datetime, not {value!r}.")
-    return value

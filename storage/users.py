@@ -22,9 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import make_engine, upgrade
+from storage.errors import RecordNotFound, StorageError
 from storage.models import User, utcnow
-from storage.records import RecordNotFound, StorageError
-from storage.search import check_flag
+from storage.validators import check_flag
 
 MIN_PASSWORD = 8
 # argon2 takes any length, but a login form should not make the server hash megabytes.
