@@ -5,7 +5,15 @@ Knows nothing about torch, diffusers or Gradio (STYLE.md rule 1).
 
 from storage.errors import LeaseLost, NotAllowed, RecordNotFound, StorageError
 from storage.gallery import Gallery
-from storage.records import BoardRecord, GenerationRecord, ImageInput, ImageRecord, NewGeneration, Page
+from storage.records import (
+    BoardRecord,
+    GenerationRecord,
+    ImageInput,
+    ImageRecord,
+    NewGeneration,
+    Page,
+    SearchFilter,
+)
 from storage.users import UserRecord, Users
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "NotAllowed",
     "Page",
     "RecordNotFound",
+    "SearchFilter",
     "StorageError",
     "UserRecord",
     "Users",

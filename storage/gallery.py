@@ -6,6 +6,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +24,16 @@ from storage.errors import LeaseLost, NotAllowed, RecordNotFound, StorageError
 from storage.files import PNG_MODES, FileStore, StagedImage
 from storage.models import REVIEWS, ROLES, Base, Board, BoardItem, Generation, Image, Tag, utcnow
 from storage.pngmeta import png_text_chunks
-from storage.records import BoardRecord, GenerationRecord, ImageInput, ImageRecord, NewGeneration, Page
+from storage.records import (
+    BoardRecord,
+    GenerationFields,
+    GenerationRecord,
+    ImageInput,
+    ImageRecord,
+    NewGeneration,
+    Page,
+    SearchFilter,
+)
 from storage.validators import (
     MAX_BOARD_NAME,
     check_duration,
@@ -42,6 +52,15 @@ log = logging.getLogger(__name__)
 
 # What _write_with_files hands its writer: stage(generation_id, image, position=, text=) -> the image's row.
 _Stage = Callable[..., Image]
+
+# Records name their fields after the columns they come from, so rows map by `dataclasses.fields`.
+_REQUEST = tuple(f.name for f in fields(GenerationFields))
+# A record's fields that are not columns of its generation's row: gathered from other tables.
+_GATHERED = ("images", "tags", "boards")
+_RECORD_COLUMNS = tuple(f.name for f in fields(GenerationRecord) if f.name not in _GATHERED)
+_IMAGE_COLUMNS = tuple(f.name for f in fields(ImageRecord))
+# What a copy of an image row for another generation keeps: the files and where they sit in it.
+_IMAGE_FILE_COLUMNS = tuple(name for name in _IMAGE_COLUMNS if name not in ("id", "generation_id"))
 
 _END_STATUSES = ("failed", "cancelled")
 _REQUEUE_STATUSES = ("interrupted", "failed", "cancelled")
@@ -527,55 +546,34 @@ class Gallery:
     ) -> list[GenerationRecord]:
         """Newest first, optionally only one status; pass a page's last id as `before_id` for the next."""
         check_limit(limit)
-        where = search.conditions(status=status)
+        where = search.conditions(SearchFilter(status=status))
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
             rows = session.scalars(_newest(where, before_id=before_id, limit=limit)).all()
             return self._records(session, rows)
 
     def search(
-        self,
-        *,
-        text: str | None = None,
-        task: str | None = None,
-        model: str | None = None,
-        user: str | None = None,
-        status: str | None = None,
-        starred: bool | None = None,
-        review: str | None = None,
-        tag: str | None = None,
-        board: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
+        self, chosen: SearchFilter | None = None, /, *, limit: int = 50, cursor: str | None = None, **filters: Any
     ) -> Page:
         """Generations matching every filter given: newest first, or best match first when `text` has words.
 
-        A generation matches `text` when its prompt or negative prompt holds
-        every word of it (a word of three letters or more also as the start of
-        a longer one); punctuation is ignored, so a text without letters or
-        digits matches everything. The newest 1,000 text matches are ranked,
-        older ones follow newest first. `created_from` is inclusive,
-        `created_to` exclusive; `board` is a board's name. Pass a page's
-        `next_cursor` as `cursor` for the next; storage/search.py says how the
-        pages stay correct while the gallery changes.
+        The filters are a SearchFilter, or its fields as keywords (`text=`,
+        `task=`, `model=`, `user=`, `status=`, `starred=`, `review=`, `tag=`,
+        `board=`, `created_from=`, `created_to=`). A generation matches
+        `text` when its prompt or negative prompt holds every word of it (a
+        word of three letters or more also as the start of a longer one);
+        punctuation is ignored, so a text without letters or digits matches
+        everything. The newest 1,000 text matches are ranked, older ones
+        follow newest first. `created_from` is inclusive, `created_to`
+        exclusive; `board` is a board's name. Pass a page's `next_cursor` as
+        `cursor` for the next; storage/search.py says how the pages stay
+        correct while the gallery changes.
         """
         # 1. Check inputs.
         check_limit(limit)
-        where = search.conditions(
-            task=task,
-            model=model,
-            user=user,
-            status=status,
-            starred=starred,
-            review=review,
-            tag=tag,
-            board=board,
-            created_from=created_from,
-            created_to=created_to,
-        )
-        found = search.words(text)
+        chosen = _filter(chosen, filters)
+        where = search.conditions(chosen)
+        found = search.words(chosen.text)
         after = search.Cursor.decode(cursor, found)
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
@@ -615,35 +613,11 @@ class Gallery:
             found += [search.Cursor(generation_id, ranked=True, floor=floor) for generation_id in older]
         return found
 
-    def count(
-        self,
-        *,
-        text: str | None = None,
-        task: str | None = None,
-        model: str | None = None,
-        user: str | None = None,
-        status: str | None = None,
-        starred: bool | None = None,
-        review: str | None = None,
-        tag: str | None = None,
-        board: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-    ) -> int:
-        """How many generations `search` with the same filters would page through."""
-        where = search.conditions(
-            task=task,
-            model=model,
-            user=user,
-            status=status,
-            starred=starred,
-            review=review,
-            tag=tag,
-            board=board,
-            created_from=created_from,
-            created_to=created_to,
-        )
-        found = search.words(text)
+    def count(self, chosen: SearchFilter | None = None, /, **filters: Any) -> int:
+        """How many generations `search` with the same filters (given the same ways) would page through."""
+        chosen = _filter(chosen, filters)
+        where = search.conditions(chosen)
+        found = search.words(chosen.text)
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
             if found:
@@ -940,65 +914,22 @@ def _check_parent(session: Session, parent_id: int | None) -> None:
 def _generation_row(
     new: NewGeneration, params: dict[str, Any], *, created_at: datetime, status: str = "running", **values: Any
 ) -> Generation:
-    return Generation(
-        created_at=created_at,
-        user=new.user,
-        task=new.task,
-        model=new.model,
-        model_revision=new.model_revision,
-        params=params,
-        prompt=new.prompt,
-        negative_prompt=new.negative_prompt,
-        seed=new.seed,
-        sampler=new.sampler,
-        num_inference_steps=new.num_inference_steps,
-        guidance_scale=new.guidance_scale,
-        width=new.width,
-        height=new.height,
-        batch_size=new.batch_size,
-        status=status,
-        timings={},
-        environment={},
-        parent_id=new.parent_id,
-        **values,
-    )
+    request = {name: getattr(new, name) for name in _REQUEST}
+    request["params"] = params
+    return Generation(created_at=created_at, status=status, timings={}, environment={}, **request, **values)
 
 
 def _new_from(row: Generation, *, parent_id: int) -> NewGeneration:
     """The same request as a stored generation's, as the child of `parent_id`."""
-    return NewGeneration(
-        user=row.user,
-        task=row.task,
-        model=row.model,
-        model_revision=row.model_revision,
-        params=row.params,
-        prompt=row.prompt,
-        negative_prompt=row.negative_prompt,
-        seed=row.seed,
-        sampler=row.sampler,
-        num_inference_steps=row.num_inference_steps,
-        guidance_scale=row.guidance_scale,
-        width=row.width,
-        height=row.height,
-        batch_size=row.batch_size,
-        parent_id=parent_id,
-    )
+    request = {name: getattr(row, name) for name in _REQUEST}
+    request["parent_id"] = parent_id
+    return NewGeneration(**request)
 
 
 def _copy_image(image: Image, *, generation_id: int, created_at: datetime) -> Image:
     """A row for another generation naming the same files (content addressing shares them)."""
-    return Image(
-        generation_id=generation_id,
-        role=image.role,
-        position=image.position,
-        seed=image.seed,
-        sha256=image.sha256,
-        path=image.path,
-        width=image.width,
-        height=image.height,
-        thumb_path=image.thumb_path,
-        created_at=created_at,
-    )
+    files = {name: getattr(image, name) for name in _IMAGE_FILE_COLUMNS}
+    return Image(generation_id=generation_id, created_at=created_at, **files)
 
 
 def _claim_order(session: Session) -> list[int]:
@@ -1017,6 +948,17 @@ def _claim_order(session: Session) -> list[int]:
             ).tuples().all()
         )
     return queue.claim_order(jobs, latest)
+
+
+def _filter(chosen: SearchFilter | None, filters: dict[str, Any]) -> SearchFilter:
+    """The filter given, as a SearchFilter or as its fields by keyword (an unknown one is a TypeError, as ever)."""
+    if chosen is None:
+        return SearchFilter(**filters)
+    if not isinstance(chosen, SearchFilter):
+        raise StorageError(f"The filter must be a SearchFilter, not {type(chosen).__name__}.")
+    if filters:
+        raise StorageError(f"Pass the filters as a SearchFilter or as keywords, not both: {', '.join(filters)} too.")
+    return chosen
 
 
 def _newest(where: Sequence[ColumnElement[bool]], *, before_id: int | None, limit: int) -> Any:
@@ -1074,52 +1016,8 @@ def _record(
 ) -> GenerationRecord:
     ordered = sorted(images, key=lambda image: (ROLES.index(image.role), image.position))
     return GenerationRecord(
-        id=row.id,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-        user=row.user,
-        task=row.task,
-        model=row.model,
-        model_revision=row.model_revision,
-        params=row.params,
-        prompt=row.prompt,
-        negative_prompt=row.negative_prompt,
-        seed=row.seed,
-        sampler=row.sampler,
-        num_inference_steps=row.num_inference_steps,
-        guidance_scale=row.guidance_scale,
-        width=row.width,
-        height=row.height,
-        batch_size=row.batch_size,
-        status=row.status,
-        error=row.error,
-        duration_ms=row.duration_ms,
-        timings=row.timings,
-        environment=row.environment,
-        parent_id=row.parent_id,
-        images=tuple(
-            ImageRecord(
-                id=image.id,
-                generation_id=image.generation_id,
-                role=image.role,
-                position=image.position,
-                seed=image.seed,
-                sha256=image.sha256,
-                path=image.path,
-                width=image.width,
-                height=image.height,
-                thumb_path=image.thumb_path,
-            )
-            for image in ordered
-        ),
-        starred=row.starred,
-        review=row.review,
-        review_note=row.review_note,
-        reviewed_by=row.reviewed_by,
-        reviewed_at=row.reviewed_at,
+        **{name: getattr(row, name) for name in _RECORD_COLUMNS},
+        images=tuple(ImageRecord(**{name: getattr(image, name) for name in _IMAGE_COLUMNS}) for image in ordered),
         tags=tuple(tags),
         boards=tuple(boards),
-        started_at=row.started_at,
-        lease_owner=row.lease_owner,
-        lease_expires_at=row.lease_expires_at,
     )

@@ -48,7 +48,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -70,6 +69,7 @@ from sqlalchemy import (
 
 from storage.errors import StorageError
 from storage.models import REVIEWS, SEARCH_TABLE, STATUSES, Board, BoardItem, Generation, Tag
+from storage.records import SearchFilter
 from storage.validators import check_flag, check_tag, check_text, check_time, check_word
 
 MAX_TEXT = 500
@@ -218,37 +218,26 @@ def _fingerprint(found: tuple[str, ...]) -> str:
     return hashlib.sha256("\0".join(found).encode()).hexdigest()[:8]
 
 
-def conditions(
-    *,
-    task: str | None = None,
-    model: str | None = None,
-    user: str | None = None,
-    status: str | None = None,
-    starred: bool | None = None,
-    review: str | None = None,
-    tag: str | None = None,
-    board: str | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
-) -> list[ColumnElement[bool]]:
-    """The WHERE clauses for the filters given; each filter left as None matches everything."""
+def conditions(chosen: SearchFilter) -> list[ColumnElement[bool]]:
+    """The WHERE clauses for a filter's fields other than `text` (see `words` and `Ranked` for that)."""
     where: list[ColumnElement[bool]] = []
-    for field, value, named in (("task", task, Generation.task), ("model", model, Generation.model)):
+    for field, value, named in (("task", chosen.task, Generation.task), ("model", chosen.model, Generation.model)):
         if value is not None:
             where.append(named == check_text(value, field=field))
-    if user is not None:
-        where.append(Generation.user == check_text(user, field="user"))
-    if status is not None:
-        where.append(Generation.status == check_word(status, STATUSES, field="status"))
-    if starred is not None:
-        where.append(Generation.starred == check_flag(starred, field="starred"))
-    if review is not None:
-        where.append(Generation.review == check_word(review, REVIEWS, field="review"))
-    if tag is not None:
-        where.append(Generation.id.in_(select(Tag.generation_id).where(Tag.tag == check_tag(tag))))
-    if board is not None:
+    if chosen.user is not None:
+        where.append(Generation.user == check_text(chosen.user, field="user"))
+    if chosen.status is not None:
+        where.append(Generation.status == check_word(chosen.status, STATUSES, field="status"))
+    if chosen.starred is not None:
+        where.append(Generation.starred == check_flag(chosen.starred, field="starred"))
+    if chosen.review is not None:
+        where.append(Generation.review == check_word(chosen.review, REVIEWS, field="review"))
+    if chosen.tag is not None:
+        where.append(Generation.id.in_(select(Tag.generation_id).where(Tag.tag == check_tag(chosen.tag))))
+    if chosen.board is not None:
         on_board = select(BoardItem.generation_id).join(Board, Board.id == BoardItem.board_id)
-        where.append(Generation.id.in_(on_board.where(Board.name == check_text(board, field="board"))))
+        where.append(Generation.id.in_(on_board.where(Board.name == check_text(chosen.board, field="board"))))
+    created_from, created_to = chosen.created_from, chosen.created_to
     if created_from is not None:
         where.append(Generation.created_at >= check_time(created_from, field="created_from"))
     if created_to is not None:
