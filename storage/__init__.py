@@ -3,6 +3,7 @@
 Knows nothing about torch, diffusers or Gradio (STYLE.md rule 1).
 """
 
+from storage.db import Database
 from storage.errors import LeaseLost, NotAllowed, RecordNotFound, StorageError
 from storage.gallery import Gallery
 from storage.records import (
@@ -18,6 +19,7 @@ from storage.users import UserRecord, Users
 
 __all__ = [
     "BoardRecord",
+    "Database",
     "Gallery",
     "GenerationRecord",
     "ImageInput",

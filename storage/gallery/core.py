@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from storage.db import Database
 from storage.errors import RecordNotFound, StorageError
 from storage.files import PNG_MODES, FileStore, StagedImage
 from storage.gallery.rows import generation_record, image_row
@@ -37,6 +38,7 @@ class GalleryCore:
     lease_seconds: float
     worker: str  # the lease owner of the jobs this gallery starts
     data_dir: Path
+    _database: Database
     _engine: Engine
     _files: FileStore
     # Stage, commit and land run under one lock so that two threads landing

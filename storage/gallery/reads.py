@@ -68,7 +68,7 @@ class Reads(GalleryCore):
                 rows = session.scalars(_newest(where, before_id=before_id, limit=limit + 1)).all()
                 cursors = [Cursor(row.id) for row in rows]
             else:
-                ranked = Ranked(session.get_bind().dialect.name, found, where)
+                ranked = Ranked(self._database.dialect, found, where)
                 cursors = _ranked(session, ranked, after, limit)
                 rows = in_order(session, [c.generation_id for c in cursors[:limit]])
             # 3. The records, and where the next page starts.
@@ -83,7 +83,7 @@ class Reads(GalleryCore):
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
             if found:
-                query = Ranked(session.get_bind().dialect.name, found, where).count()
+                query = Ranked(self._database.dialect, found, where).count()
             else:
                 query = select(func.count()).select_from(Generation).where(*where)
             return session.scalar(query) or 0

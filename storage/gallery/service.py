@@ -11,7 +11,7 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session
 
-from storage.db import make_engine, upgrade
+from storage.db import Database, open_or_share
 from storage.files import FileStore
 from storage.gallery.core import referenced
 from storage.gallery.delete import Delete
@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 class Gallery(Jobs, Runs, Reads, Review, Delete):
     """Every generation and image a studio has made, in a database and a data folder.
 
-    The default database is `sqlite:///<data_dir>/gallery.db`; PostgreSQL (for
-    a team, with images on a shared folder) works the same. Full-text search
-    and review state use features of those two (migration 0002), so other
-    SQLAlchemy backends are not supported.
+    The database is the process's `database` (storage/db.py), or one opened
+    (and migrated) at `url`, which `close` then closes; a database given stays
+    open. The studio's default is `sqlite:///<data_dir>/gallery.db`;
+    PostgreSQL (for a team, with images on a shared folder) works the same.
+    Full-text search and review state use features of those two (migration
+    0002), so other SQLAlchemy backends are not supported.
 
     Generations are also the jobs of the studio's queue (storage/queue.py says
     who goes next and when a job counts as gone): `enqueue` records one as
@@ -49,7 +51,8 @@ class Gallery(Jobs, Runs, Reads, Review, Delete):
     def __init__(
         self,
         *,
-        url: str,
+        url: str | None = None,
+        database: Database | None = None,
         data_dir: Path,
         lease_seconds: float = LEASE_SECONDS,
         clock: Callable[[], datetime] = utcnow,
@@ -59,8 +62,8 @@ class Gallery(Jobs, Runs, Reads, Review, Delete):
         self._clock = clock
         self.data_dir = Path(data_dir).resolve()
         self._files = FileStore(self.data_dir)
-        self._engine = make_engine(url)
-        upgrade(self._engine)
+        self._database, self._owns_database = open_or_share("Gallery", url=url, database=database)
+        self._engine = self._database.engine
         self._landing = threading.Lock()
         self._leases = LeaseKeeper(self._renew)
         self._recover()
@@ -74,7 +77,8 @@ class Gallery(Jobs, Runs, Reads, Review, Delete):
     def close(self) -> None:
         """Stop renewing leases (a job still running here is interrupted one lease later) and disconnect."""
         self._leases.close()
-        self._engine.dispose()
+        if self._owns_database:
+            self._database.close()
 
     def path(self, relative: str) -> Path:
         """The absolute path of a record's `path` or `thumb_path`; refuses anything outside the data folder."""
