@@ -3,23 +3,23 @@
 Knows nothing about torch, diffusers or Gradio (STYLE.md rule 1).
 """
 
+from storage.db import Database
+from storage.errors import LeaseLost, NotAllowed, RecordNotFound, StorageError
 from storage.gallery import Gallery
 from storage.records import (
     BoardRecord,
     GenerationRecord,
     ImageInput,
     ImageRecord,
-    LeaseLost,
     NewGeneration,
-    NotAllowed,
     Page,
-    RecordNotFound,
-    StorageError,
+    SearchFilter,
 )
 from storage.users import UserRecord, Users
 
 __all__ = [
     "BoardRecord",
+    "Database",
     "Gallery",
     "GenerationRecord",
     "ImageInput",
@@ -29,6 +29,7 @@ __all__ = [
     "NotAllowed",
     "Page",
     "RecordNotFound",
+    "SearchFilter",
     "StorageError",
     "UserRecord",
     "Users",

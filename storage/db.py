@@ -1,8 +1,9 @@
-"""Engine construction and schema migration; the only place that knows Alembic's API."""
+"""The process's database: its engine and its schema migrations; the only place that knows Alembic's API."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from alembic import command
@@ -12,6 +13,49 @@ from sqlalchemy import Connection, Engine, create_engine, event
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any fixed number: the key of the PostgreSQL advisory lock that migrations hold.
 _MIGRATION_LOCK = 0x61_74_65_6C  # "atel"
+
+
+class Database:
+    """One database for the whole process: its engine, made once, and its schema, migrated once.
+
+    Build one at start-up and hand it to the services that use it
+    (`Gallery(database=...)`, `Users(database=...)`), so they share one
+    connection pool and the migrations run once, not once per service. Whoever
+    built it closes it; the services given it leave it open.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        try:
+            upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    @property
+    def dialect(self) -> str:
+        """The backend's name: "sqlite" or "postgresql" (the two the schema supports)."""
+        return self.engine.dialect.name
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the engine's pooled connections."""
+        self.engine.dispose()
+
+
+def open_or_share(service: str, *, url: str | None, database: Database | None) -> tuple[Database, bool]:
+    """The database a service uses and whether the service owns it (closes it): `database`, else one opened at `url`."""
+    if database is not None and url is None:
+        return database, False
+    if url is not None and database is None:
+        return Database(url), True
+    raise TypeError(f"{service} takes either url or database, not both and not neither.")
 
 
 def make_engine(url: str) -> Engine:

@@ -29,8 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from storage.errors import RecordNotFound, StorageError
 from storage.gallery import Gallery
-from storage.records import GenerationRecord, RecordNotFound, StorageError
+from storage.records import GenerationRecord
 
 # The params a spreadsheet reader expects first; any others follow, sorted.
 PARAM_COLUMNS = (

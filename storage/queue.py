@@ -44,8 +44,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import aliased
 
+from storage.errors import LeaseLost, StorageError
 from storage.models import Generation
-from storage.records import LeaseLost, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from PIL import Image
 
-
-class StorageError(ValueError):
-    """A request the gallery cannot honour; the message is one sentence a person can act on."""
-
-
-class RecordNotFound(StorageError, LookupError):
-    """The id (or board name) names no record."""
-
-
-class NotAllowed(StorageError, PermissionError):
-    """The person asking may not do this to this record."""
-
-
-class LeaseLost(StorageError):
-    """The worker no longer holds a running job's lease: it was marked interrupted, or ended, without it."""
+from storage.errors import StorageError
 
 
 @dataclass(frozen=True, kw_only=True)
-class NewGeneration:
-    """The indexed columns are copies of fields in `params`, kept so people can filter on them."""
+class GenerationFields:
+    """A generation's request as the gallery keeps it, under the names of the `generations` columns.
+
+    `params` is the full request. The fields people filter on (task to
+    batch_size) are copies of fields in it with the same names.
+    """
 
     user: str
     task: str
     model: str
+    model_revision: str | None
     params: dict[str, Any]
     prompt: str
     negative_prompt: str
@@ -42,8 +33,31 @@ class NewGeneration:
     width: int
     height: int
     batch_size: int
+    parent_id: int | None
+
+
+# What is not a copy of a request field: who asked, what the model's weights were, the request, its origin.
+_NOT_COPIED = ("user", "model_revision", "params", "parent_id")
+COPIED_FROM_PARAMS = tuple(f.name for f in fields(GenerationFields) if f.name not in _NOT_COPIED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewGeneration(GenerationFields):
+    """A generation to record; its model's revision and its parent may be unknown."""
+
     model_revision: str | None = None
     parent_id: int | None = None
+
+    @classmethod
+    def from_params(
+        cls, params: dict[str, Any], *, user: str, model_revision: str | None = None, parent_id: int | None = None
+    ) -> NewGeneration:
+        """A new generation whose indexed fields are copied from the request's params (`to_dict()`), by name."""
+        missing = [name for name in COPIED_FROM_PARAMS if name not in params]
+        if missing:
+            raise StorageError(f"params must hold every indexed field of a generation; missing {', '.join(missing)}.")
+        copied = {name: params[name] for name in COPIED_FROM_PARAMS}
+        return cls(user=user, params=params, model_revision=model_revision, parent_id=parent_id, **copied)
 
 
 @dataclass(frozen=True)
@@ -67,31 +81,18 @@ class ImageRecord:
     thumb_path: str  # relative to the data folder, '/'-separated
 
 
-@dataclass(frozen=True)
-class GenerationRecord:
+@dataclass(frozen=True, kw_only=True)
+class GenerationRecord(GenerationFields):
+    """A stored generation: its request, how its run went, its images and its review state."""
+
     id: int
     created_at: datetime
     finished_at: datetime | None
-    user: str
-    task: str
-    model: str
-    model_revision: str | None
-    params: dict[str, Any]
-    prompt: str
-    negative_prompt: str
-    seed: int
-    sampler: str
-    num_inference_steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    batch_size: int
     status: str
     error: str | None
     duration_ms: int | None
     timings: dict[str, Any]
     environment: dict[str, Any]
-    parent_id: int | None
     images: tuple[ImageRecord, ...]
     starred: bool
     review: str  # none | approved | rejected
@@ -107,6 +108,27 @@ class GenerationRecord:
     @property
     def outputs(self) -> tuple[ImageRecord, ...]:
         return tuple(sorted((i for i in self.images if i.role == "output"), key=lambda i: i.position))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchFilter:
+    """Which generations `Gallery.search`, `count` and `list` consider; a field left None matches everything.
+
+    `text` as `Gallery.search` describes; `created_from` is inclusive,
+    `created_to` exclusive; `board` is a board's name.
+    """
+
+    text: str | None = None
+    task: str | None = None
+    model: str | None = None
+    user: str | None = None
+    status: str | None = None
+    starred: bool | None = None
+    review: str | None = None
+    tag: str | None = None
+    board: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
 
 
 @dataclass(frozen=True)

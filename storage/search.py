@@ -46,9 +46,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -68,11 +67,12 @@ from sqlalchemy import (
     table,
 )
 
+from storage.errors import StorageError
 from storage.models import REVIEWS, SEARCH_TABLE, STATUSES, Board, BoardItem, Generation, Tag
-from storage.records import StorageError
+from storage.records import SearchFilter
+from storage.validators import check_flag, check_tag, check_text, check_time, check_word
 
 MAX_TEXT = 500
-MAX_TAG = 64
 RANK_WINDOW = 1000  # the newest this many text matches are ranked; older ones follow, newest first
 _SHORTEST_PREFIX = 3
 _WORD = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer keeps: letters and digits
@@ -218,37 +218,26 @@ def _fingerprint(found: tuple[str, ...]) -> str:
     return hashlib.sha256("\0".join(found).encode()).hexdigest()[:8]
 
 
-def conditions(
-    *,
-    task: str | None = None,
-    model: str | None = None,
-    user: str | None = None,
-    status: str | None = None,
-    starred: bool | None = None,
-    review: str | None = None,
-    tag: str | None = None,
-    board: str | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
-) -> list[ColumnElement[bool]]:
-    """The WHERE clauses for the filters given; each filter left as None matches everything."""
+def conditions(chosen: SearchFilter) -> list[ColumnElement[bool]]:
+    """The WHERE clauses for a filter's fields other than `text` (see `words` and `Ranked` for that)."""
     where: list[ColumnElement[bool]] = []
-    for field, value, named in (("task", task, Generation.task), ("model", model, Generation.model)):
+    for field, value, named in (("task", chosen.task, Generation.task), ("model", chosen.model, Generation.model)):
         if value is not None:
             where.append(named == check_text(value, field=field))
-    if user is not None:
-        where.append(Generation.user == check_text(user, field="user"))
-    if status is not None:
-        where.append(Generation.status == check_word(status, STATUSES, field="status"))
-    if starred is not None:
-        where.append(Generation.starred == check_flag(starred, field="starred"))
-    if review is not None:
-        where.append(Generation.review == check_word(review, REVIEWS, field="review"))
-    if tag is not None:
-        where.append(Generation.id.in_(select(Tag.generation_id).where(Tag.tag == check_tag(tag))))
-    if board is not None:
+    if chosen.user is not None:
+        where.append(Generation.user == check_text(chosen.user, field="user"))
+    if chosen.status is not None:
+        where.append(Generation.status == check_word(chosen.status, STATUSES, field="status"))
+    if chosen.starred is not None:
+        where.append(Generation.starred == check_flag(chosen.starred, field="starred"))
+    if chosen.review is not None:
+        where.append(Generation.review == check_word(chosen.review, REVIEWS, field="review"))
+    if chosen.tag is not None:
+        where.append(Generation.id.in_(select(Tag.generation_id).where(Tag.tag == check_tag(chosen.tag))))
+    if chosen.board is not None:
         on_board = select(BoardItem.generation_id).join(Board, Board.id == BoardItem.board_id)
-        where.append(Generation.id.in_(on_board.where(Board.name == check_text(board, field="board"))))
+        where.append(Generation.id.in_(on_board.where(Board.name == check_text(chosen.board, field="board"))))
+    created_from, created_to = chosen.created_from, chosen.created_to
     if created_from is not None:
         where.append(Generation.created_at >= check_time(created_from, field="created_from"))
     if created_to is not None:
@@ -256,50 +245,3 @@ def conditions(
     if created_from is not None and created_to is not None and created_from >= created_to:
         raise StorageError(f"created_from ({created_from}) must be earlier than created_to ({created_to}).")
     return where
-
-
-def check_text(value: object, *, field: str, longest: int = 255) -> str:
-    """A name, tag or person: non-empty text without surrounding spaces or control characters."""
-    if not isinstance(value, str):
-        raise StorageError(f"{field} must be a string, not {type(value).__name__}.")
-    if not value.strip():
-        raise StorageError(f"{field} must not be empty.")
-    if value != value.strip():
-        raise StorageError(f"{field} {value!r} must not begin or end with spaces.")
-    if len(value) > longest:
-        raise StorageError(f"{field} must be at most {longest} characters, not {len(value)}.")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise StorageError(f"{field} {value!r} must not contain control characters.")
-    return value
-
-
-def check_tag(tag: object) -> str:
-    checked = check_text(tag, field="tag", longest=MAX_TAG)
-    if "," in checked:
-        # Commas separate tags wherever people type several at once.
-        raise StorageError(f"tag {checked!r} must not contain a comma; pass each tag on its own.")
-    return checked
-
-
-def check_tags(tags: object) -> list[str]:
-    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
-        raise StorageError(f"tags must be a list of tags, not {type(tags).__name__}.")
-    return list(dict.fromkeys(check_tag(tag) for tag in tags))
-
-
-def check_word(value: object, allowed: tuple[str, ...], *, field: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise StorageError(f"{field} must be one of {', '.join(allowed)}, not {value!r}.")
-    return value
-
-
-def check_flag(value: object, *, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise StorageError(f"{field} must be True or False, not {value!r}.")
-    return value
-
-
-def check_time(value: object, *, field: str) -> datetime:
-    if not isinstance(value, datetime) or value.utcoffset() is None:
-        raise StorageError(f"{field} must be a timezone-aware datetime, not {value!r}.")
-    return value

@@ -21,10 +21,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.db import make_engine, upgrade
+from storage.db import Database, open_or_share
+from storage.errors import RecordNotFound, StorageError
 from storage.models import User, utcnow
-from storage.records import RecordNotFound, StorageError
-from storage.search import check_flag
+from storage.validators import check_flag
 
 MIN_PASSWORD = 8
 # argon2 takes any length, but a login form should not make the server hash megabytes.
@@ -46,11 +46,14 @@ class Users:
 
     With no account the studio is single-user; with one or more, every page
     and API route asks for a login (webui/app.py).
+
+    Give it the process's `database`, or a `url` to open (and migrate) one of
+    its own, which `close` then closes; a database given stays open.
     """
 
-    def __init__(self, *, url: str) -> None:
-        self._engine = make_engine(url)
-        upgrade(self._engine)
+    def __init__(self, *, url: str | None = None, database: Database | None = None) -> None:
+        self._database, self._owns_database = open_or_share("Users", url=url, database=database)
+        self._engine = self._database.engine
         self._hasher = PasswordHasher()
 
     def __enter__(self) -> Users:
@@ -60,7 +63,8 @@ class Users:
         self.close()
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._owns_database:
+            self._database.close()
 
     def add_user(self, name: str, password: str, *, admin: bool = False) -> UserRecord:
         # 1. Check inputs, then hash, before any transaction.

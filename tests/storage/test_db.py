@@ -9,6 +9,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
+import storage.db
+from storage import Database, Gallery, Users
 from storage.db import make_engine, upgrade
 from storage.models import Base, include_name
 
@@ -83,6 +85,51 @@ def test_check_constraints_reject_unknown_words(engine: Engine) -> None:
     upgrade(engine)
     with pytest.raises(IntegrityError), engine.begin() as connection:
         connection.execute(text(_INSERT_GENERATION.replace("'running'", "'done'")))
+
+
+def test_one_database_serves_the_gallery_and_the_accounts_and_migrates_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upgrades: list[Engine] = []
+    original = storage.db.upgrade
+    monkeypatch.setattr(storage.db, "upgrade", lambda engine: upgrades.append(engine) or original(engine))
+
+    with Database(f"sqlite:///{tmp_path}/gallery.db") as database:
+        gallery = Gallery(database=database, data_dir=tmp_path, lease_seconds=5)
+        users = Users(database=database)
+        users.add_user("ann", "a long password")
+        gallery.close()
+        users.close()
+
+        # Closing the services left the database they were given open and working.
+        assert upgrades == [database.engine]
+        assert (database.url, database.dialect) == (f"sqlite:///{tmp_path}/gallery.db", "sqlite")
+        with Users(database=database) as again:
+            assert again.count_users() == 1
+
+
+def test_a_service_given_a_url_opens_and_closes_a_database_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    original = Database.close
+    monkeypatch.setattr(Database, "close", lambda self: closed.append(self.url) or original(self))
+    url = f"sqlite:///{tmp_path}/gallery.db"
+
+    Gallery(url=url, data_dir=tmp_path).close()
+    Users(url=url).close()
+
+    assert closed == [url, url]
+
+
+@pytest.mark.parametrize("service", [Gallery, Users])
+def test_a_service_takes_a_url_or_a_database_not_both(tmp_path: Path, service: type) -> None:
+    extra = {"data_dir": tmp_path} if service is Gallery else {}
+    url = f"sqlite:///{tmp_path}/gallery.db"
+    with Database(url) as database:
+        for given in ({}, {"url": url, "database": database}):
+            with pytest.raises(TypeError, match=rf"^{service.__name__} takes either url or database, not both"):
+                service(**given, **extra)
 
 
 _INSERT_GENERATION = """

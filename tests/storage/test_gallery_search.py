@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from PIL import Image
 
-from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError, search
+from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, SearchFilter, StorageError, search
 
 NewFactory = Callable[..., NewGeneration]
 UTC = timezone.utc
@@ -108,6 +108,25 @@ def test_filters_combine_and_count_agrees(any_gallery: Gallery, new_generation: 
     assert g.count() == 12 and g.count(starred=True) == 4 and g.count(text="fox") == 12
     assert g.count(text="fox", task="txt2img", starred=True) == 2
     assert g.count(text="wolf") == 0
+
+
+def test_a_search_filter_reads_as_its_keywords(any_gallery: Gallery, new_generation: NewFactory) -> None:
+    g = any_gallery
+    for n in range(6):
+        record = make(g, new_generation, user="bob" if n % 2 else "ann", prompt=f"a fox number {n}")
+        if n % 3 == 0:
+            g.star(record.id, starred=True)
+    chosen = SearchFilter(text="fox", user="bob", starred=True)
+
+    assert ids(g.search(chosen)) == ids(g.search(text="fox", user="bob", starred=True)) != []
+    assert g.count(chosen) == g.count(text="fox", user="bob", starred=True) == 1
+    assert ids(g.search(SearchFilter(), limit=2)) == ids(g.search(limit=2))
+    with pytest.raises(StorageError, match=r"^Pass the filters as a SearchFilter or as keywords, not both: user too"):
+        g.search(chosen, user="ann")
+    with pytest.raises(StorageError, match=r"^The filter must be a SearchFilter, not dict\.$"):
+        g.count({"user": "bob"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="colour"):
+        g.search(colour="red")
 
 
 # -- keyset pages ------------------------------------------------------------
