@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.requests import RequestError
+from pipelines.limits import RequestError
 
 SUFFIX = ".safetensors"
 MIN_WEIGHT, MAX_WEIGHT = -2.0, 2.0
