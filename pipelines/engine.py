@@ -19,11 +19,9 @@ It knows nothing of Gradio or the database (see docs/architecture.md).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import platform
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -52,14 +50,15 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipelines import controlnets, embedded, ip_adapter, lora, masks, preprocessors, prompts
+from pipelines import controlnets, ip_adapter, lora, masks, preprocessors, prompts
+from pipelines.devices import Switches, pick_device, pick_dtype
+from pipelines.errors import ModelError, check_family
 from pipelines.previews import DenoisedTap, LatentPreviewer, PreviewPacer
 from pipelines.images import resize_to
+from pipelines.progress import CancelToken, ProgressFn, on_step_end
 from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
 from pipelines.samplers import SamplerNotAvailable, make_scheduler
-
-EMBEDDED = "embedded"
-ProgressFn = Callable[[int, int], None]
+from pipelines.sources import ModelSource, file_revision, folder_revision, resolve_source
 
 # Each task's pipeline class is derived from the loaded base with from_pipe.
 _TASK_PIPELINES = {
@@ -67,92 +66,6 @@ _TASK_PIPELINES = {
     "img2img": AutoPipelineForImage2Image,
     "inpaint": AutoPipelineForInpainting,
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found or loaded; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    name: str  # as the user wrote it; the key everything else uses
-    kind: str  # embedded | folder | single_file | hub
-    location: str  # a path, or the hub id
-
-
-def resolve_source(model: str) -> ModelSource:
-    """Where ``model`` lives, without loading anything."""
-    if model == EMBEDDED:
-        if not (embedded.FOLDER / "model_index.json").is_file():
-            raise ModelError(f"the embedded model's weights are missing from {embedded.FOLDER}; reinstall Atelier.")
-        return ModelSource(model, "embedded", str(embedded.FOLDER))
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelError(f"model folder {model!r} has no model_index.json; it must be a diffusers pipeline folder.")
-        return ModelSource(model, "folder", str(path.resolve()))
-    if path.suffix in _SINGLE_FILE_SUFFIXES:
-        if not path.is_file():
-            raise ModelError(f"model file {model!r} does not exist.")
-        return ModelSource(model, "single_file", str(path.resolve()))
-    if _HUB_ID.match(model) and not model.startswith((".", "~")):
-        return ModelSource(model, "hub", model)
-    if path.is_absolute() or model.startswith((".", "~")):
-        raise ModelError(f"model {model!r} is not on this machine (no such folder or file): its weights are gone or were never here.")
-    raise ModelError(
-        f"model must be 'embedded', a diffusers folder, a .safetensors file or a hub id like 'org/name'; got {model!r}."
-    )
-
-
-def pick_device(preferred: str | None = None) -> torch.device:
-    if preferred:
-        return torch.device(preferred)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def pick_dtype(device: torch.device, preferred: str | None = None) -> torch.dtype:
-    if preferred:
-        if preferred not in _DTYPES:
-            raise ModelError(f"dtype must be one of {', '.join(_DTYPES)}; got {preferred!r}.")
-        return _DTYPES[preferred]
-    # Half precision halves memory and is what GPUs are fast at; CPUs are not.
-    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-
-
-# Files that decide what a model computes (weights, configs, tokenizer); a
-# card or a training log can change without changing a single pixel.
-_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".json", ".txt", ".model"}
-_NOT_WEIGHTS = {"atelier.json"}
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    return [
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix in _WEIGHT_SUFFIXES
-        and p.name not in _NOT_WEIGHTS
-        and not p.name.startswith((".", "evaluation"))  # a model card's scores are not weights
-    ]
-
-
-def _hash_files(paths: list[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _family(pipe: DiffusionPipeline) -> str:
@@ -211,20 +124,6 @@ class LoadedControlNet:
     model: ControlNetModel
 
 
-class CancelToken:
-    """Set by whoever asked for the run; the engine stops at the next step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
 class TextEmbeddingCache:
     """LRU of encoded prompts, keyed by model revision, prompt and negative prompt."""
 
@@ -251,64 +150,6 @@ class TextEmbeddingCache:
 
     def clear(self) -> None:
         self._entries.clear()
-
-
-ATTENTION = ("sdpa", "math", "xformers")
-VAE_TILING = ("auto", "on", "off")
-AUTO_TILING_PIXELS = 1536 * 1536  # above this, "auto" decodes the image tile by tile
-
-
-@dataclass(frozen=True)
-class Switches:
-    """Memory and speed settings; each is recorded with every generation (a switch can change pixels)."""
-
-    attention: str = "sdpa"  # PyTorch's scaled dot-product attention; "math" is the plain softmax(QK)V
-    vae_tiling: str = "auto"
-    cpu_offload: bool = False  # keep only the running model part on a small GPU
-    compile: bool = False  # torch.compile the UNet / transformer (slow first image, faster after)
-
-    def check(self, device: torch.device) -> None:
-        if self.attention not in ATTENTION:
-            raise ModelError(f"attention must be one of {', '.join(ATTENTION)}; got {self.attention!r}.")
-        if self.vae_tiling not in VAE_TILING:
-            raise ModelError(f"vae_tiling must be one of {', '.join(VAE_TILING)}; got {self.vae_tiling!r}.")
-        if self.cpu_offload and device.type != "cuda":
-            raise ModelError("cpu_offload needs a CUDA GPU; on this machine the model already lives in CPU memory.")
-
-    def apply(self, pipe: DiffusionPipeline, family: str, device: torch.device) -> None:
-        """Put a freshly loaded base pipeline on the device with these switches; derived pipelines share its modules."""
-        denoiser = pipe.transformer if family == "flux" else pipe.unet
-        if self.attention == "math":
-            if family == "flux":
-                denoiser.set_attention_backend("_native_math")
-            else:
-                from diffusers.models.attention_processor import AttnProcessor
-
-                denoiser.set_attn_processor(AttnProcessor())
-        elif self.attention == "xformers":
-            try:
-                if family == "flux":
-                    denoiser.set_attention_backend("xformers")
-                else:
-                    pipe.enable_xformers_memory_efficient_attention()
-            except (ImportError, ModuleNotFoundError, ValueError, RuntimeError) as error:
-                raise ModelError(f"attention 'xformers' is not available here: {error}") from error
-        if self.cpu_offload:
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        if self.compile:
-            denoiser.compile()  # in place: the task pipelines keep sharing this very module
-
-    def tile_vae(self, vae: Any, pixels: int) -> None:
-        if self.vae_tiling == "on" or (self.vae_tiling == "auto" and pixels > AUTO_TILING_PIXELS):
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {"attention": self.attention, "vae_tiling": self.vae_tiling, "cpu_offload": self.cpu_offload,
-                "compile": self.compile}
 
 
 @dataclass(frozen=True)
@@ -399,7 +240,7 @@ class Engine:
             if source.kind == "single_file":
                 path = Path(source.location)
                 pipe = _single_file_class(path).from_single_file(str(path), **options)
-                revision = _hash_files([path], path.parent)
+                revision = file_revision(path)
             elif source.kind == "hub":
                 # download() returns the cached snapshot folder, named by its commit.
                 folder = Path(DiffusionPipeline.download(source.location))
@@ -408,7 +249,7 @@ class Engine:
             else:  # a diffusers folder; the embedded model is one
                 folder = Path(source.location)
                 pipe = _from_folder(folder, options)
-                revision = _hash_files(_weight_files(folder), folder)
+                revision = folder_revision(folder)
         except ModelError:
             raise
         except (OSError, ValueError) as error:
@@ -434,7 +275,7 @@ class Engine:
             if source.kind == "single_file":
                 path = Path(source.location)
                 model = ControlNetModel.from_single_file(str(path), dtype=self.dtype)
-                revision = _hash_files([path], path.parent)
+                revision = file_revision(path)
             else:
                 if source.kind == "hub":
                     from huggingface_hub import snapshot_download
@@ -443,7 +284,7 @@ class Engine:
                     revision = folder.name
                 else:
                     folder = Path(source.location)
-                    revision = _hash_files(_weight_files(folder), folder)
+                    revision = folder_revision(folder)
                 model = _controlnet_class(folder).from_pretrained(str(folder), dtype=self.dtype)
         except controlnets.ControlNetNotFound as error:
             raise ModelError(str(error)) from error
@@ -635,8 +476,8 @@ class Engine:
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=request.batch_size,
             generator=generators,
-            callback_on_step_end=_on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
-                                              previews(request) if previews else None),
+            callback_on_step_end=on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
+                                             previews(request) if previews else None),
             output_type="pil",
         )
         return output.images
@@ -713,9 +554,9 @@ class Engine:
                     **embeds,
                     **arguments,
                     generator=generators,
-                    callback_on_step_end=_on_step_end(stages.base if stages else progress, cancel, index,
-                                                      len(task.prompts), request.num_inference_steps,
-                                                      previews(request) if previews else None),
+                    callback_on_step_end=on_step_end(stages.base if stages else progress, cancel, index,
+                                                     len(task.prompts), request.num_inference_steps,
+                                                     previews(request) if previews else None),
                     output_type="latent" if refiner is not None else "pil",
                 )
                 pictures = output.images
@@ -770,17 +611,6 @@ class _Stages:
         if self.progress is not None:
             self.total = max(self.total, self.done_by_base + total)
             self.progress(self.done_by_base + done, self.total)
-
-
-def check_family(family: str, request: GenerationRequest) -> None:
-    """What a request asks that this model family cannot do, said before anything runs."""
-    if request.refiner is not None and family != "sdxl":
-        words = {"sd": "Stable Diffusion 1.x/2.x", "flux": "FLUX"}.get(family, family)
-        raise ModelError(f"refiner applies to SDXL models; {request.model!r} is a {words} model, so remove the refiner.")
-    if family != "flux":
-        return
-    if request.negative_prompt.strip():
-        raise ModelError("negative_prompt does not apply to FLUX models (their guidance is built in); leave it empty.")
 
 
 def _fit_arguments(pipe: DiffusionPipeline, request: GenerationRequest, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -854,23 +684,6 @@ def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:
         return StableDiffusionXLImg2ImgPipeline.from_pretrained(str(folder), **options)
     auto = AutoPipelineForInpainting if _is_inpainting_folder(folder) else AutoPipelineForText2Image
     return auto.from_pretrained(str(folder), **options)
-
-
-def _on_step_end(progress: ProgressFn | None, cancel: CancelToken | None, index: int, count: int, default: int,
-                 preview: Callable[[int, int, dict], None] | None = None):
-    """Per-step progress over all of a run's prompts, previews, and the cooperative cancel."""
-
-    def on_step_end(pipeline, step, timestep, tensors):
-        steps = getattr(pipeline, "num_timesteps", default)  # fewer than asked when strength < 1
-        if progress is not None:
-            progress(index * steps + step + 1, count * steps)
-        if preview is not None:
-            preview(step, steps, tensors)
-        if cancel is not None and cancel.cancelled:
-            pipeline._interrupt = True
-        return tensors
-
-    return on_step_end
 
 
 # Inpainting through a ControlNet pastes back with this seam (its request has no feather field).
