@@ -20,7 +20,6 @@ It knows nothing of Gradio or the database (see docs/architecture.md).
 from __future__ import annotations
 
 import inspect
-import json
 import platform
 import threading
 import time
@@ -36,29 +35,21 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
-    ControlNetModel,
     DiffusionPipeline,
-    FluxControlNetModel,
-    FluxImg2ImgPipeline,
-    FluxInpaintPipeline,
-    FluxPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
 )
 from PIL import Image
 
-from pipelines import controlnets, ip_adapter, lora, masks, preprocessors, prompts
+from pipelines import ip_adapter, lora, masks, preprocessors
 from pipelines.devices import Switches, pick_device, pick_dtype
 from pipelines.errors import ModelError, check_family
-from pipelines.previews import DenoisedTap, LatentPreviewer, PreviewPacer
 from pipelines.images import resize_to
+from pipelines.loaders import LoadedControlNet, LoadedModel, controlnet_fits, load_controlnet, load_model
 from pipelines.progress import CancelToken, ProgressFn, on_step_end
+from pipelines.prompt_cache import TextEmbeddingCache
 from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
 from pipelines.samplers import SamplerNotAvailable, make_scheduler
-from pipelines.sources import ModelSource, file_revision, folder_revision, resolve_source
+from pipelines.sources import resolve_source
 
 # Each task's pipeline class is derived from the loaded base with from_pipe.
 _TASK_PIPELINES = {
@@ -66,90 +57,6 @@ _TASK_PIPELINES = {
     "img2img": AutoPipelineForImage2Image,
     "inpaint": AutoPipelineForInpainting,
 }
-
-
-def _family(pipe: DiffusionPipeline) -> str:
-    if isinstance(pipe, (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline)):
-        return "flux"
-    if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)):
-        return "sdxl"
-    if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInpaintPipeline)):
-        return "sd"
-    raise ModelError(f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x, SDXL or FLUX model.")
-
-
-def _single_file_class(path: Path) -> type[DiffusionPipeline]:
-    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``; the SDXL
-    refiner's only encoder is ``conditioner.embedders.0`` (SD 2.x's is ``cond_stage_model``);
-    inpainting checkpoints have a UNet whose first convolution takes 9 channels."""
-    xl = inpaint = refiner = False
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            keys = set(handle.keys())
-            xl = any(key.startswith("conditioner.embedders.1.") for key in keys)
-            refiner = not xl and any(key.startswith("conditioner.embedders.0.") for key in keys)
-            first = "model.diffusion_model.input_blocks.0.0.weight"
-            inpaint = first in keys and handle.get_slice(first).get_shape()[1] == 9
-    if inpaint:
-        return StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
-    if refiner:
-        return StableDiffusionXLImg2ImgPipeline
-    return StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-
-
-def _is_inpainting_folder(folder: Path) -> bool:
-    """A dedicated inpainting model: its UNet sees the noisy latents, the mask and the masked image (4 + 1 + 4)."""
-    config = folder / "unet" / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("in_channels") == 9
-
-
-@dataclass
-class LoadedModel:
-    source: ModelSource
-    revision: str  # hub commit, or sha256 of the weight files
-    family: str  # sd | sdxl
-    base: DiffusionPipeline  # what every task's pipeline is derived from
-    inpainting_only: bool = False  # a 9-channel UNet: only the inpainting tasks can use it
-    refiner_only: bool = False  # an SDXL refiner (one text encoder): it only finishes another model's images
-    pipelines: dict[tuple, DiffusionPipeline] = field(default_factory=dict)
-    previewer: LatentPreviewer | None = None  # made on the first run that asks for previews
-
-
-@dataclass
-class LoadedControlNet:
-    source: controlnets.ControlNetSource
-    revision: str
-    model: ControlNetModel
-
-
-class TextEmbeddingCache:
-    """LRU of encoded prompts, keyed by model revision, prompt and negative prompt."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[tuple, dict[str, torch.Tensor | None]] = OrderedDict()
-
-    def get(self, key: tuple) -> dict[str, torch.Tensor | None] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: tuple, value: dict[str, torch.Tensor | None]) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 @dataclass(frozen=True)
@@ -207,7 +114,7 @@ class Engine:
             source = resolve_source(model)
             while len(self._models) >= self.max_models:
                 self._evict(next(iter(self._models)))
-            self._models[model] = self._load(source)
+            self._models[model] = load_model(source, dtype=self.dtype, device=self.device, switches=self.switches)
             self.loads += 1
             return self._models[model]
 
@@ -234,63 +141,12 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _load(self, source: ModelSource) -> LoadedModel:
-        options = {"dtype": self.dtype}
-        try:
-            if source.kind == "single_file":
-                path = Path(source.location)
-                pipe = _single_file_class(path).from_single_file(str(path), **options)
-                revision = file_revision(path)
-            elif source.kind == "hub":
-                # download() returns the cached snapshot folder, named by its commit.
-                folder = Path(DiffusionPipeline.download(source.location))
-                pipe = _from_folder(folder, options)
-                revision = folder.name
-            else:  # a diffusers folder; the embedded model is one
-                folder = Path(source.location)
-                pipe = _from_folder(folder, options)
-                revision = folder_revision(folder)
-        except ModelError:
-            raise
-        except (OSError, ValueError) as error:
-            raise ModelError(f"model {source.name!r} could not be loaded: {error}") from error
-        family = _family(pipe)
-        self.switches.apply(pipe, family, self.device)
-        pipe.set_progress_bar_config(disable=True)
-        inpainting_only = family != "flux" and pipe.unet.config.in_channels == 9
-        refiner_only = family == "sdxl" and pipe.text_encoder is None
-        return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only,
-                           refiner_only=refiner_only)
-
     def controlnet(self, name: str) -> LoadedControlNet:
         """A ControlNet model, loaded once and kept beside the base models."""
         with self._lock:
             if name not in self._controlnets:
-                self._controlnets[name] = self._load_controlnet(name)
+                self._controlnets[name] = load_controlnet(name, dtype=self.dtype, device=self.device)
             return self._controlnets[name]
-
-    def _load_controlnet(self, name: str) -> LoadedControlNet:
-        try:
-            source = controlnets.resolve(name)
-            if source.kind == "single_file":
-                path = Path(source.location)
-                model = ControlNetModel.from_single_file(str(path), dtype=self.dtype)
-                revision = file_revision(path)
-            else:
-                if source.kind == "hub":
-                    from huggingface_hub import snapshot_download
-
-                    folder = Path(snapshot_download(source.location, allow_patterns=["*.json", "*.safetensors"]))
-                    revision = folder.name
-                else:
-                    folder = Path(source.location)
-                    revision = folder_revision(folder)
-                model = _controlnet_class(folder).from_pretrained(str(folder), dtype=self.dtype)
-        except controlnets.ControlNetNotFound as error:
-            raise ModelError(str(error)) from error
-        except (OSError, ValueError) as error:
-            raise ModelError(f"controlnet {name!r} could not be loaded: {error}") from error
-        return LoadedControlNet(source=source, revision=revision, model=model.to(self.device))
 
     def pipeline(self, model: str, task: str, controlnet_names: tuple[str, ...] = (), mode: str = "txt2img",
                  *, refining: bool = False) -> DiffusionPipeline:
@@ -331,17 +187,7 @@ class Engine:
 
     def _fitting_controlnet(self, loaded: LoadedModel, name: str) -> LoadedControlNet:
         control = self.controlnet(name)
-        # The ControlNet's residuals are added to the denoiser's: its widths must be the base's.
-        ours = control.model.config
-        if loaded.family == "flux":
-            base = loaded.base.transformer.config
-            fits = isinstance(control.model, FluxControlNetModel) and (
-                ours.joint_attention_dim, ours.in_channels) == (base.joint_attention_dim, base.in_channels)
-        else:
-            base = loaded.base.unet.config
-            fits = isinstance(control.model, ControlNetModel) and ours.cross_attention_dim == base.cross_attention_dim and (
-                tuple(ours.block_out_channels) == tuple(base.block_out_channels))
-        if not fits:
+        if not controlnet_fits(control, loaded):
             raise ModelError(
                 f"controlnet {name!r} was made for another kind of model than {loaded.source.name!r}; "
                 f"pick one listed for this model."
@@ -368,46 +214,6 @@ class Engine:
         return env
 
     # -- running ----------------------------------------------------------
-
-    def _encode_prompt(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, cfg: bool,
-                       text_loras: tuple = ()):
-        # LoRAs with text-encoder layers change the embeddings: they and their weights are part of the key.
-        key = (loaded.source.name, loaded.revision, prompt, negative_prompt, cfg, text_loras)
-        cached = self.text_cache.get(key)
-        if cached is None:
-            # The prompt text is the key: weighting syntax is part of it.
-            cached = prompts.encode(pipe, loaded.family, prompt, negative_prompt, device=self.device, guidance=cfg)
-            self.text_cache.put(key, cached)
-        return {name: value for name, value in cached.items() if value is not None}
-
-    def _previews(self, loaded: LoadedModel, pipe: DiffusionPipeline, preview: Callable[[Any], None] | None):
-        """A maker of per-run preview callbacks, or None when nobody watches.
-
-        Previews show the sampler's current estimate of the finished picture
-        (DenoisedTap), decoded cheaply, every few steps and only while they
-        cost under a few percent of the run (PreviewPacer).
-        """
-        if preview is None:
-            return None
-        if loaded.previewer is None:
-            loaded.previewer = LatentPreviewer.for_pipeline(loaded.base)
-        tap = DenoisedTap(pipe.scheduler)
-
-        def for_run(request: GenerationRequest) -> Callable[[int, int, dict], None]:
-            pacer = PreviewPacer()
-            size = (request.width, request.height)
-
-            def maybe(step: int, total: int, tensors: dict) -> None:
-                latents = tap.latest if tap.latest is not None else tensors.get("latents")
-                if latents is None:
-                    return
-                image = pacer.maybe(step, total, lambda: loaded.previewer.preview(latents, size))
-                if image is not None:
-                    preview(image)
-
-            return maybe
-
-        return for_run
 
     def check(self, request: GenerationRequest) -> LoadedModel:
         """Load the request's model and refuse, before anything is recorded, what it cannot do."""
@@ -466,10 +272,11 @@ class Engine:
         ip_adapter.detach(pipe)
         pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
         self.switches.tile_vae(pipe.vae, request.width * request.height)
-        previews = self._previews(loaded, pipe, preview)
+        previews = loaded.previews(pipe, preview)
         cfg = request.guidance_scale > 1
         output = pipe(
-            **self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg),
+            **self.text_cache.embeds(pipe, loaded.family, (loaded.source.name, loaded.revision), prompt,
+                                     request.negative_prompt, cfg=cfg, device=self.device),
             image=latents,
             num_inference_steps=request.num_inference_steps,
             denoising_start=request.refiner_switch,
@@ -477,23 +284,10 @@ class Engine:
             num_images_per_prompt=request.batch_size,
             generator=generators,
             callback_on_step_end=on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
-                                             previews(request) if previews else None),
+                                             previews((request.width, request.height)) if previews else None),
             output_type="pil",
         )
         return output.images
-
-    def _flux_embeds(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
-        """FLUX's two text encoders (CLIP pooled, T5 per token), through the same cache."""
-        key = (loaded.source.name, loaded.revision, prompt, "", "flux")
-        cached = self.text_cache.get(key)
-        if cached is None:
-            with torch.inference_mode():
-                prompt_embeds, pooled, _ = pipe.encode_prompt(
-                    prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1
-                )
-            cached = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
-            self.text_cache.put(key, cached)
-        return dict(cached)
 
     def run(
         self,
@@ -524,7 +318,7 @@ class Engine:
             else:
                 lora.clear(pipe)
                 used_loras, text_loras = [], ()
-            previews = self._previews(loaded, pipe, preview)
+            previews = loaded.previews(pipe, preview)
             refiner = self._refiner(request) if request.refiner is not None else None
             reference = self._reference(loaded, pipe, request)
             if reference is not None:
@@ -537,10 +331,8 @@ class Engine:
                 if cancel is not None and cancel.cancelled:
                     break
                 # 3. Prompt embeddings, from the cache when the prompt was seen
-                if loaded.family == "flux":
-                    embeds = self._flux_embeds(loaded, pipe, prompt)
-                else:
-                    embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg, text_loras)
+                embeds = self.text_cache.embeds(pipe, loaded.family, (loaded.source.name, loaded.revision), prompt,
+                                                request.negative_prompt, cfg=cfg, device=self.device, text_loras=text_loras)
                 # 4. One CPU generator per image: same noise on every device, and
                 #    image i of a batch equals a single run with seed + i.
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -556,7 +348,7 @@ class Engine:
                     generator=generators,
                     callback_on_step_end=on_step_end(stages.base if stages else progress, cancel, index,
                                                      len(task.prompts), request.num_inference_steps,
-                                                     previews(request) if previews else None),
+                                                     previews((request.width, request.height)) if previews else None),
                     output_type="latent" if refiner is not None else "pil",
                 )
                 pictures = output.images
@@ -629,13 +421,6 @@ def _fit_arguments(pipe: DiffusionPipeline, request: GenerationRequest, argument
     return arguments
 
 
-def _controlnet_class(folder: Path) -> type:
-    """ControlNetModel or FluxControlNetModel, as the folder's config says."""
-    config = folder / "config.json"
-    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
-    return FluxControlNetModel if name == "FluxControlNetModel" else ControlNetModel
-
-
 def _slerp(low: torch.Tensor, high: torch.Tensor, t: float) -> torch.Tensor:
     """Spherical interpolation: the blend of two Gaussian noises stays as loud as each of them."""
     a, b = low.flatten(), high.flatten()
@@ -674,16 +459,6 @@ def _variation_latents(pipe: DiffusionPipeline, request: GenerationRequest) -> t
         blended = pipe._pack_latents(blended, len(request.seeds), channels, height, width)
     denoiser = pipe.transformer if flux else pipe.unet
     return blended.to(pipe.device, denoiser.dtype)
-
-
-def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:
-    """A diffusers folder as its base pipeline: text-to-image, inpainting for a 9-channel model,
-    image-to-image for an SDXL refiner (its class keeps the refiner's aesthetic-score conditioning)."""
-    index = json.loads((folder / "model_index.json").read_text())
-    if index.get("_class_name") == StableDiffusionXLImg2ImgPipeline.__name__:
-        return StableDiffusionXLImg2ImgPipeline.from_pretrained(str(folder), **options)
-    auto = AutoPipelineForInpainting if _is_inpainting_folder(folder) else AutoPipelineForText2Image
-    return auto.from_pretrained(str(folder), **options)
 
 
 # Inpainting through a ControlNet pastes back with this seam (its request has no feather field).
