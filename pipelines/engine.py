@@ -1,25 +1,28 @@
-"""The engine: load a model once, derive every task's pipeline, run requests.
+"""The engine: the resident models, each task's pipeline derived from them, and a run.
 
 What it owns, and why here:
-- model sources (embedded, local diffusers folder, hub id, single .safetensors)
-  and a revision for each, so a record says which weights made an image;
-- device and dtype, picked once;
+- the models in memory: each loaded once (``pipelines.loaders``), at most
+  ``max_models`` of them, the least recently used dropped first;
 - one base pipeline per model; the other tasks' pipelines come from
   ``from_pipe`` and share its modules (no second copy of the weights), and
   ControlNets join that base the same way (each loaded once);
-- each task's inputs: init images resized by the request's mode, product
-  masks grown and pasted back so kept pixels stay exact, control images
-  made by the preprocessors;
-- the sampler (a fresh scheduler per run), seeding through CPU generators so a
-  seed means the same noise on every device, the text-embedding cache,
-  per-step progress and cooperative cancel.
+- ``run``: the numbered steps of one generation, in the order that keeps its
+  pixels reproducible: a fresh scheduler for the sampler, the LoRAs and the
+  reference image set on the shared modules, seeding through CPU generators
+  so a seed means the same noise on every device, and the environment a
+  rerun must match.
+
+What it leaves to others: where a model lives and its revision
+(``sources``), device, dtype and switches (``devices``), the prompt-embedding
+cache (``prompt_cache``), each task's inputs and paste-back
+(``task_inputs``), variation noise (``variations``), the SDXL refiner
+(``refiner``), per-step progress and cancel (``progress``).
 
 It knows nothing of Gradio or the database (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import inspect
 import platform
 import threading
 import time
@@ -38,18 +41,19 @@ from diffusers import (
     DiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
-from PIL import Image
 
-from pipelines import ip_adapter, lora, masks, preprocessors
+from pipelines import ip_adapter, lora
 from pipelines.devices import Switches, pick_device, pick_dtype
 from pipelines.errors import ModelError, check_family
-from pipelines.images import resize_to
 from pipelines.loaders import LoadedControlNet, LoadedModel, controlnet_fits, load_controlnet, load_model
 from pipelines.progress import CancelToken, ProgressFn, on_step_end
 from pipelines.prompt_cache import TextEmbeddingCache
-from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
+from pipelines.refiner import Stages, refine
+from pipelines.requests import GenerationRequest
 from pipelines.samplers import SamplerNotAvailable, make_scheduler
 from pipelines.sources import resolve_source
+from pipelines.task_inputs import TaskInputs
+from pipelines.variations import variation_latents
 
 # Each task's pipeline class is derived from the loaded base with from_pipe.
 _TASK_PIPELINES = {
@@ -261,34 +265,6 @@ class Engine:
         ip_adapter.attach(pipe, weights, request.ip_adapter_scale)
         return weights
 
-    def _refine(self, refiner: tuple[LoadedModel, DiffusionPipeline], request: GenerationRequest, prompt: str,
-                latents: torch.Tensor, generators: list[torch.Generator], stages: _Stages, cancel: CancelToken | None,
-                preview: Callable[[Any], None] | None) -> list[Any]:
-        """Finish the base's latents with the refiner from ``refiner_switch`` on; the same generators go on."""
-        loaded, pipe = refiner
-        # The LoRAs and the reference image are the base's: a model used as a refiner runs as itself,
-        # whatever an earlier run of it as a base left attached.
-        lora.clear(pipe)
-        ip_adapter.detach(pipe)
-        pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
-        self.switches.tile_vae(pipe.vae, request.width * request.height)
-        previews = loaded.previews(pipe, preview)
-        cfg = request.guidance_scale > 1
-        output = pipe(
-            **self.text_cache.embeds(pipe, loaded.family, (loaded.source.name, loaded.revision), prompt,
-                                     request.negative_prompt, cfg=cfg, device=self.device),
-            image=latents,
-            num_inference_steps=request.num_inference_steps,
-            denoising_start=request.refiner_switch,
-            guidance_scale=request.guidance_scale,
-            num_images_per_prompt=request.batch_size,
-            generator=generators,
-            callback_on_step_end=on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
-                                             previews((request.width, request.height)) if previews else None),
-            output_type="pil",
-        )
-        return output.images
-
     def run(
         self,
         request: GenerationRequest,
@@ -302,7 +278,7 @@ class Engine:
             started = time.perf_counter()
             # 1. Model, its task pipeline (loaded once, then shared) and the task's inputs
             loaded = self.load(request.model)
-            task = _TaskInputs.of(request)
+            task = TaskInputs.of(request)
             pipe = self.pipeline(request.model, request.task, task.controlnets, task.mode)
             # 2. A fresh scheduler for the chosen sampler
             try:
@@ -322,7 +298,7 @@ class Engine:
             refiner = self._refiner(request) if request.refiner is not None else None
             reference = self._reference(loaded, pipe, request)
             if reference is not None:
-                task.arguments["ip_adapter_image"] = _rgb(_pixels(request.ip_adapter_image, "ip_adapter_image"))
+                task.add_reference(request)
             # FLUX's guidance is distilled into the model: no negative pass.
             cfg = loaded.family != "flux" and request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
             seeds = request.seeds[: request.batch_size]
@@ -337,9 +313,9 @@ class Engine:
                 #    image i of a batch equals a single run with seed + i.
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
                 if request.variation_seeds is not None:
-                    task.arguments["latents"] = _variation_latents(pipe, request)
-                arguments = _fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments})
-                stages = _Stages(request, progress) if refiner is not None else None
+                    task.arguments["latents"] = variation_latents(pipe, request)
+                arguments = task.call_arguments(pipe, request)
+                stages = Stages(request, progress) if refiner is not None else None
                 if refiner is not None:  # the base stops at the switch and hands over its latents
                     arguments.update(denoising_end=request.refiner_switch)
                 output = pipe(
@@ -354,7 +330,9 @@ class Engine:
                 pictures = output.images
                 if refiner is not None and not (cancel is not None and cancel.cancelled):
                     stages.handed_over(pipe.num_timesteps)
-                    pictures = self._refine(refiner, request, prompt, pictures, generators, stages, cancel, preview)
+                    pictures = refine(*refiner, request, prompt, pictures, generators, stages=stages, cancel=cancel,
+                                      preview=preview, switches=self.switches, text_cache=self.text_cache,
+                                      device=self.device)
                 # 5. Back to the input's pixels where the task keeps them
                 images.extend(task.finish(image) for image in pictures)
             cancelled = cancel is not None and cancel.cancelled
@@ -376,178 +354,3 @@ class Engine:
                 environment=environment,
                 derived=[] if cancelled else task.derived,
             )
-
-
-class _Stages:
-    """One progress bar over a base and its refiner: the refiner's steps continue the base's.
-
-    Both denoise parts of one schedule: text-to-image's ``num_inference_steps``
-    steps, image-to-image's share of them for its strength (diffusers' count).
-    """
-
-    def __init__(self, request: GenerationRequest, progress: ProgressFn | None) -> None:
-        steps = request.num_inference_steps
-        strength = getattr(request, "strength", None)
-        self.total = steps if strength is None else max(1, min(int(steps * strength), steps))
-        self.progress = progress
-        self.done_by_base = 0
-
-    def base(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(min(done, self.total), self.total)
-
-    def handed_over(self, base_steps: int) -> None:
-        self.done_by_base = base_steps
-
-    def refiner(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.total = max(self.total, self.done_by_base + total)
-            self.progress(self.done_by_base + done, self.total)
-
-
-def _fit_arguments(pipe: DiffusionPipeline, request: GenerationRequest, arguments: dict[str, Any]) -> dict[str, Any]:
-    """The call's arguments in this pipeline's own names.
-
-    FLUX's text-to-image ControlNet takes ``control_image`` where Stable
-    Diffusion's takes ``image``, and FLUX's image-to-image needs the size that
-    Stable Diffusion's takes from the image.
-    """
-    accepted = inspect.signature(pipe.__call__).parameters
-    if "image" in arguments and "image" not in accepted and "control_image" in accepted:
-        arguments["control_image"] = arguments.pop("image")
-    for name in ("height", "width"):
-        if name in accepted and name not in arguments:
-            arguments[name] = getattr(request, name)
-    return arguments
-
-
-def _slerp(low: torch.Tensor, high: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation: the blend of two Gaussian noises stays as loud as each of them."""
-    a, b = low.flatten(), high.flatten()
-    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
-    if omega.abs() < 1e-6:
-        return (1 - t) * low + t * high
-    return (torch.sin((1 - t) * omega) * low + torch.sin(t * omega) * high) / torch.sin(omega)
-
-
-def _variation_latents(pipe: DiffusionPipeline, request: GenerationRequest) -> torch.Tensor:
-    """Starting noise per image: seed + i's noise blended towards variation_seed + i's.
-
-    Each noise is drawn as the pipeline would draw it (one CPU generator per
-    image, the latent shape of one image; FLUX's then packed into its 2x2
-    patches), so strength 0 is the seed's own image and strength 1 the
-    variation seed's.
-    """
-    factor = pipe.vae_scale_factor
-    flux = getattr(pipe, "transformer", None) is not None
-    if flux:  # FLUX's latent sides are even: they are packed in 2x2 patches
-        channels = pipe.transformer.config.in_channels // 4
-        height, width = (2 * (side // (factor * 2)) for side in (request.height, request.width))
-    else:
-        channels = pipe.unet.config.in_channels
-        height, width = request.height // factor, request.width // factor
-    shape = (1, channels, height, width)
-
-    def noise(seed: int) -> torch.Tensor:
-        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
-
-    blended = torch.cat([
-        _slerp(noise(seed), noise(other), request.variation_strength)
-        for seed, other in zip(request.seeds, request.variation_seeds)
-    ])
-    if flux:
-        blended = pipe._pack_latents(blended, len(request.seeds), channels, height, width)
-    denoiser = pipe.transformer if flux else pipe.unet
-    return blended.to(pipe.device, denoiser.dtype)
-
-
-# Inpainting through a ControlNet pastes back with this seam (its request has no feather field).
-CONTROLNET_INPAINT_FEATHER = 4
-
-
-@dataclass
-class _TaskInputs:
-    """What a request adds to the pipeline call, and what happens to each image after it."""
-
-    mode: str = "txt2img"
-    prompts: list[str] = field(default_factory=list)
-    arguments: dict[str, Any] = field(default_factory=dict)
-    controlnets: tuple[str, ...] = ()
-    derived: list[tuple[str, Any]] = field(default_factory=list)
-    finish: Callable[[Any], Any] = lambda image: image
-
-    @classmethod
-    def of(cls, request: GenerationRequest) -> _TaskInputs:
-        if isinstance(request, Img2ImgRequest):
-            return cls._img2img(request)
-        if isinstance(request, InpaintRequest):
-            return cls._inpaint(request)
-        if isinstance(request, ControlNetRequest):
-            return cls._controlnet(request)
-        return cls(prompts=[request.prompt])
-
-    @classmethod
-    def _img2img(cls, request: Img2ImgRequest) -> _TaskInputs:
-        image = resize_to(_rgb(_pixels(request.image, "image")), request.width, request.height, request.resize_mode)
-        return cls(prompts=[request.prompt], arguments={"image": image})
-
-    @classmethod
-    def _inpaint(cls, request: InpaintRequest) -> _TaskInputs:
-        original = _pixels(request.image, "image")
-        region = masks.adjust(_pixels(request.mask_image, "mask_image"), request.mask_grow)
-        size = (request.width, request.height)
-        arguments = {
-            "image": _rgb(original).resize(size, Image.Resampling.LANCZOS),
-            "mask_image": region.resize(size, Image.Resampling.NEAREST),
-        }
-        return cls(
-            mode="inpaint",
-            prompts=request.prompts,
-            arguments=arguments,
-            finish=lambda image: masks.paste_back(original, image, region, feather=request.mask_feather),
-        )
-
-    @classmethod
-    def _controlnet(cls, request: ControlNetRequest) -> _TaskInputs:
-        size = (request.width, request.height)
-        controls = [
-            resize_to(
-                preprocessors.run(unit.preprocessor, _rgb(_pixels(unit.image, "control image")), **unit.preprocessor_params),
-                *size,
-                request.resize_mode,
-            )
-            for unit in request.controls
-        ]
-        single = len(controls) == 1
-        control = controls[0] if single else controls
-        arguments = request.pipeline_arguments()
-        if single:  # one ControlNet takes plain numbers, several take lists
-            overrides = {key: arguments[key][0] for key in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
-        else:
-            overrides = {}
-        task = cls(
-            mode=request.mode,
-            prompts=[request.prompt],
-            controlnets=tuple(unit.controlnet for unit in request.controls),
-            derived=[("control", image) for image in controls],
-        )
-        if request.mode == "txt2img":
-            task.arguments = {"image": control, **overrides}
-            return task
-        original = _pixels(request.image, "image")
-        task.arguments = {"image": resize_to(_rgb(original), *size, request.resize_mode), "control_image": control, **overrides}
-        if request.mode == "inpaint":
-            region = _pixels(request.mask_image, "mask_image")
-            task.arguments["mask_image"] = resize_to(region, *size, request.resize_mode)
-            task.finish = lambda image: masks.paste_back(original, image, region, feather=CONTROLNET_INPAINT_FEATHER)
-        return task
-
-
-def _pixels(ref, name: str) -> Any:
-    if ref.image is None:
-        raise ModelError(f"{name} has no pixels; a stored request needs its images from the gallery to run.")
-    return ref.image
-
-
-def _rgb(image: Any) -> Any:
-    return image if image.mode == "RGB" else image.convert("RGB")
