@@ -1,29 +1,29 @@
-"""The engine: load a model once, derive every task's pipeline, run requests.
+"""The engine: the resident models, each task's pipeline derived from them, and a run.
 
 What it owns, and why here:
-- model sources (embedded, local diffusers folder, hub id, single .safetensors)
-  and a revision for each, so a record says which weights made an image;
-- device and dtype, picked once;
+- the models in memory: each loaded once (``pipelines.loaders``), at most
+  ``max_models`` of them, the least recently used dropped first;
 - one base pipeline per model; the other tasks' pipelines come from
   ``from_pipe`` and share its modules (no second copy of the weights), and
   ControlNets join that base the same way (each loaded once);
-- each task's inputs: init images resized by the request's mode, product
-  masks grown and pasted back so kept pixels stay exact, control images
-  made by the preprocessors;
-- the sampler (a fresh scheduler per run), seeding through CPU generators so a
-  seed means the same noise on every device, the text-embedding cache,
-  per-step progress and cooperative cancel.
+- ``run``: the numbered steps of one generation, in the order that keeps its
+  pixels reproducible: a fresh scheduler for the sampler, the LoRAs and the
+  reference image set on the shared modules, seeding through CPU generators
+  so a seed means the same noise on every device, and the environment a
+  rerun must match.
+
+What it leaves to others: where a model lives and its revision
+(``sources``), device, dtype and switches (``devices``), the prompt-embedding
+cache (``prompt_cache``), each task's inputs and paste-back
+(``task_inputs``), variation noise (``variations``), the SDXL refiner
+(``refiner``), per-step progress and cancel (``progress``).
 
 It knows nothing of Gradio or the database (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import platform
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -38,28 +38,22 @@ from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
-    ControlNetModel,
     DiffusionPipeline,
-    FluxControlNetModel,
-    FluxImg2ImgPipeline,
-    FluxInpaintPipeline,
-    FluxPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
 )
-from PIL import Image
 
-from pipelines import controlnets, embedded, ip_adapter, lora, masks, preprocessors, prompts
-from pipelines.previews import DenoisedTap, LatentPreviewer, PreviewPacer
-from pipelines.images import resize_to
-from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
+from pipelines import ip_adapter, lora
+from pipelines.devices import Switches, pick_device, pick_dtype
+from pipelines.errors import ModelError, check_family
+from pipelines.loaders import LoadedControlNet, LoadedModel, controlnet_fits, load_controlnet, load_model
+from pipelines.progress import CancelToken, ProgressFn, on_step_end
+from pipelines.prompt_cache import TextEmbeddingCache
+from pipelines.refiner import Stages, refine
+from pipelines.requests import GenerationRequest
 from pipelines.samplers import SamplerNotAvailable, make_scheduler
-
-EMBEDDED = "embedded"
-ProgressFn = Callable[[int, int], None]
+from pipelines.sources import resolve_source
+from pipelines.task_inputs import TaskInputs
+from pipelines.variations import variation_latents
 
 # Each task's pipeline class is derived from the loaded base with from_pipe.
 _TASK_PIPELINES = {
@@ -67,248 +61,6 @@ _TASK_PIPELINES = {
     "img2img": AutoPipelineForImage2Image,
     "inpaint": AutoPipelineForInpainting,
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found or loaded; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    name: str  # as the user wrote it; the key everything else uses
-    kind: str  # embedded | folder | single_file | hub
-    location: str  # a path, or the hub id
-
-
-def resolve_source(model: str) -> ModelSource:
-    """Where ``model`` lives, without loading anything."""
-    if model == EMBEDDED:
-        if not (embedded.FOLDER / "model_index.json").is_file():
-            raise ModelError(f"the embedded model's weights are missing from {embedded.FOLDER}; reinstall Atelier.")
-        return ModelSource(model, "embedded", str(embedded.FOLDER))
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelError(f"model folder {model!r} has no model_index.json; it must be a diffusers pipeline folder.")
-        return ModelSource(model, "folder", str(path.resolve()))
-    if path.suffix in _SINGLE_FILE_SUFFIXES:
-        if not path.is_file():
-            raise ModelError(f"model file {model!r} does not exist.")
-        return ModelSource(model, "single_file", str(path.resolve()))
-    if _HUB_ID.match(model) and not model.startswith((".", "~")):
-        return ModelSource(model, "hub", model)
-    if path.is_absolute() or model.startswith((".", "~")):
-        raise ModelError(f"model {model!r} is not on this machine (no such folder or file): its weights are gone or were never here.")
-    raise ModelError(
-        f"model must be 'embedded', a diffusers folder, a .safetensors file or a hub id like 'org/name'; got {model!r}."
-    )
-
-
-def pick_device(preferred: str | None = None) -> torch.device:
-    if preferred:
-        return torch.device(preferred)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def pick_dtype(device: torch.device, preferred: str | None = None) -> torch.dtype:
-    if preferred:
-        if preferred not in _DTYPES:
-            raise ModelError(f"dtype must be one of {', '.join(_DTYPES)}; got {preferred!r}.")
-        return _DTYPES[preferred]
-    # Half precision halves memory and is what GPUs are fast at; CPUs are not.
-    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-
-
-# Files that decide what a model computes (weights, configs, tokenizer); a
-# card or a training log can change without changing a single pixel.
-_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".json", ".txt", ".model"}
-_NOT_WEIGHTS = {"atelier.json"}
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    return [
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix in _WEIGHT_SUFFIXES
-        and p.name not in _NOT_WEIGHTS
-        and not p.name.startswith((".", "evaluation"))  # a model card's scores are not weights
-    ]
-
-
-def _hash_files(paths: list[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _family(pipe: DiffusionPipeline) -> str:
-    if isinstance(pipe, (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline)):
-        return "flux"
-    if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)):
-        return "sdxl"
-    if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInpaintPipeline)):
-        return "sd"
-    raise ModelError(f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x, SDXL or FLUX model.")
-
-
-def _single_file_class(path: Path) -> type[DiffusionPipeline]:
-    """SDXL checkpoints carry a second text encoder under ``conditioner.embedders.1``; the SDXL
-    refiner's only encoder is ``conditioner.embedders.0`` (SD 2.x's is ``cond_stage_model``);
-    inpainting checkpoints have a UNet whose first convolution takes 9 channels."""
-    xl = inpaint = refiner = False
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            keys = set(handle.keys())
-            xl = any(key.startswith("conditioner.embedders.1.") for key in keys)
-            refiner = not xl and any(key.startswith("conditioner.embedders.0.") for key in keys)
-            first = "model.diffusion_model.input_blocks.0.0.weight"
-            inpaint = first in keys and handle.get_slice(first).get_shape()[1] == 9
-    if inpaint:
-        return StableDiffusionXLInpaintPipeline if xl else StableDiffusionInpaintPipeline
-    if refiner:
-        return StableDiffusionXLImg2ImgPipeline
-    return StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-
-
-def _is_inpainting_folder(folder: Path) -> bool:
-    """A dedicated inpainting model: its UNet sees the noisy latents, the mask and the masked image (4 + 1 + 4)."""
-    config = folder / "unet" / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("in_channels") == 9
-
-
-@dataclass
-class LoadedModel:
-    source: ModelSource
-    revision: str  # hub commit, or sha256 of the weight files
-    family: str  # sd | sdxl
-    base: DiffusionPipeline  # what every task's pipeline is derived from
-    inpainting_only: bool = False  # a 9-channel UNet: only the inpainting tasks can use it
-    refiner_only: bool = False  # an SDXL refiner (one text encoder): it only finishes another model's images
-    pipelines: dict[tuple, DiffusionPipeline] = field(default_factory=dict)
-    previewer: LatentPreviewer | None = None  # made on the first run that asks for previews
-
-
-@dataclass
-class LoadedControlNet:
-    source: controlnets.ControlNetSource
-    revision: str
-    model: ControlNetModel
-
-
-class CancelToken:
-    """Set by whoever asked for the run; the engine stops at the next step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-class TextEmbeddingCache:
-    """LRU of encoded prompts, keyed by model revision, prompt and negative prompt."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[tuple, dict[str, torch.Tensor | None]] = OrderedDict()
-
-    def get(self, key: tuple) -> dict[str, torch.Tensor | None] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: tuple, value: dict[str, torch.Tensor | None]) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-ATTENTION = ("sdpa", "math", "xformers")
-VAE_TILING = ("auto", "on", "off")
-AUTO_TILING_PIXELS = 1536 * 1536  # above this, "auto" decodes the image tile by tile
-
-
-@dataclass(frozen=True)
-class Switches:
-    """Memory and speed settings; each is recorded with every generation (a switch can change pixels)."""
-
-    attention: str = "sdpa"  # PyTorch's scaled dot-product attention; "math" is the plain softmax(QK)V
-    vae_tiling: str = "auto"
-    cpu_offload: bool = False  # keep only the running model part on a small GPU
-    compile: bool = False  # torch.compile the UNet / transformer (slow first image, faster after)
-
-    def check(self, device: torch.device) -> None:
-        if self.attention not in ATTENTION:
-            raise ModelError(f"attention must be one of {', '.join(ATTENTION)}; got {self.attention!r}.")
-        if self.vae_tiling not in VAE_TILING:
-            raise ModelError(f"vae_tiling must be one of {', '.join(VAE_TILING)}; got {self.vae_tiling!r}.")
-        if self.cpu_offload and device.type != "cuda":
-            raise ModelError("cpu_offload needs a CUDA GPU; on this machine the model already lives in CPU memory.")
-
-    def apply(self, pipe: DiffusionPipeline, family: str, device: torch.device) -> None:
-        """Put a freshly loaded base pipeline on the device with these switches; derived pipelines share its modules."""
-        denoiser = pipe.transformer if family == "flux" else pipe.unet
-        if self.attention == "math":
-            if family == "flux":
-                denoiser.set_attention_backend("_native_math")
-            else:
-                from diffusers.models.attention_processor import AttnProcessor
-
-                denoiser.set_attn_processor(AttnProcessor())
-        elif self.attention == "xformers":
-            try:
-                if family == "flux":
-                    denoiser.set_attention_backend("xformers")
-                else:
-                    pipe.enable_xformers_memory_efficient_attention()
-            except (ImportError, ModuleNotFoundError, ValueError, RuntimeError) as error:
-                raise ModelError(f"attention 'xformers' is not available here: {error}") from error
-        if self.cpu_offload:
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        if self.compile:
-            denoiser.compile()  # in place: the task pipelines keep sharing this very module
-
-    def tile_vae(self, vae: Any, pixels: int) -> None:
-        if self.vae_tiling == "on" or (self.vae_tiling == "auto" and pixels > AUTO_TILING_PIXELS):
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {"attention": self.attention, "vae_tiling": self.vae_tiling, "cpu_offload": self.cpu_offload,
-                "compile": self.compile}
 
 
 @dataclass(frozen=True)
@@ -366,7 +118,7 @@ class Engine:
             source = resolve_source(model)
             while len(self._models) >= self.max_models:
                 self._evict(next(iter(self._models)))
-            self._models[model] = self._load(source)
+            self._models[model] = load_model(source, dtype=self.dtype, device=self.device, switches=self.switches)
             self.loads += 1
             return self._models[model]
 
@@ -393,63 +145,12 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _load(self, source: ModelSource) -> LoadedModel:
-        options = {"dtype": self.dtype}
-        try:
-            if source.kind == "single_file":
-                path = Path(source.location)
-                pipe = _single_file_class(path).from_single_file(str(path), **options)
-                revision = _hash_files([path], path.parent)
-            elif source.kind == "hub":
-                # download() returns the cached snapshot folder, named by its commit.
-                folder = Path(DiffusionPipeline.download(source.location))
-                pipe = _from_folder(folder, options)
-                revision = folder.name
-            else:  # a diffusers folder; the embedded model is one
-                folder = Path(source.location)
-                pipe = _from_folder(folder, options)
-                revision = _hash_files(_weight_files(folder), folder)
-        except ModelError:
-            raise
-        except (OSError, ValueError) as error:
-            raise ModelError(f"model {source.name!r} could not be loaded: {error}") from error
-        family = _family(pipe)
-        self.switches.apply(pipe, family, self.device)
-        pipe.set_progress_bar_config(disable=True)
-        inpainting_only = family != "flux" and pipe.unet.config.in_channels == 9
-        refiner_only = family == "sdxl" and pipe.text_encoder is None
-        return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only,
-                           refiner_only=refiner_only)
-
     def controlnet(self, name: str) -> LoadedControlNet:
         """A ControlNet model, loaded once and kept beside the base models."""
         with self._lock:
             if name not in self._controlnets:
-                self._controlnets[name] = self._load_controlnet(name)
+                self._controlnets[name] = load_controlnet(name, dtype=self.dtype, device=self.device)
             return self._controlnets[name]
-
-    def _load_controlnet(self, name: str) -> LoadedControlNet:
-        try:
-            source = controlnets.resolve(name)
-            if source.kind == "single_file":
-                path = Path(source.location)
-                model = ControlNetModel.from_single_file(str(path), dtype=self.dtype)
-                revision = _hash_files([path], path.parent)
-            else:
-                if source.kind == "hub":
-                    from huggingface_hub import snapshot_download
-
-                    folder = Path(snapshot_download(source.location, allow_patterns=["*.json", "*.safetensors"]))
-                    revision = folder.name
-                else:
-                    folder = Path(source.location)
-                    revision = _hash_files(_weight_files(folder), folder)
-                model = _controlnet_class(folder).from_pretrained(str(folder), dtype=self.dtype)
-        except controlnets.ControlNetNotFound as error:
-            raise ModelError(str(error)) from error
-        except (OSError, ValueError) as error:
-            raise ModelError(f"controlnet {name!r} could not be loaded: {error}") from error
-        return LoadedControlNet(source=source, revision=revision, model=model.to(self.device))
 
     def pipeline(self, model: str, task: str, controlnet_names: tuple[str, ...] = (), mode: str = "txt2img",
                  *, refining: bool = False) -> DiffusionPipeline:
@@ -490,17 +191,7 @@ class Engine:
 
     def _fitting_controlnet(self, loaded: LoadedModel, name: str) -> LoadedControlNet:
         control = self.controlnet(name)
-        # The ControlNet's residuals are added to the denoiser's: its widths must be the base's.
-        ours = control.model.config
-        if loaded.family == "flux":
-            base = loaded.base.transformer.config
-            fits = isinstance(control.model, FluxControlNetModel) and (
-                ours.joint_attention_dim, ours.in_channels) == (base.joint_attention_dim, base.in_channels)
-        else:
-            base = loaded.base.unet.config
-            fits = isinstance(control.model, ControlNetModel) and ours.cross_attention_dim == base.cross_attention_dim and (
-                tuple(ours.block_out_channels) == tuple(base.block_out_channels))
-        if not fits:
+        if not controlnet_fits(control, loaded):
             raise ModelError(
                 f"controlnet {name!r} was made for another kind of model than {loaded.source.name!r}; "
                 f"pick one listed for this model."
@@ -527,46 +218,6 @@ class Engine:
         return env
 
     # -- running ----------------------------------------------------------
-
-    def _encode_prompt(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, cfg: bool,
-                       text_loras: tuple = ()):
-        # LoRAs with text-encoder layers change the embeddings: they and their weights are part of the key.
-        key = (loaded.source.name, loaded.revision, prompt, negative_prompt, cfg, text_loras)
-        cached = self.text_cache.get(key)
-        if cached is None:
-            # The prompt text is the key: weighting syntax is part of it.
-            cached = prompts.encode(pipe, loaded.family, prompt, negative_prompt, device=self.device, guidance=cfg)
-            self.text_cache.put(key, cached)
-        return {name: value for name, value in cached.items() if value is not None}
-
-    def _previews(self, loaded: LoadedModel, pipe: DiffusionPipeline, preview: Callable[[Any], None] | None):
-        """A maker of per-run preview callbacks, or None when nobody watches.
-
-        Previews show the sampler's current estimate of the finished picture
-        (DenoisedTap), decoded cheaply, every few steps and only while they
-        cost under a few percent of the run (PreviewPacer).
-        """
-        if preview is None:
-            return None
-        if loaded.previewer is None:
-            loaded.previewer = LatentPreviewer.for_pipeline(loaded.base)
-        tap = DenoisedTap(pipe.scheduler)
-
-        def for_run(request: GenerationRequest) -> Callable[[int, int, dict], None]:
-            pacer = PreviewPacer()
-            size = (request.width, request.height)
-
-            def maybe(step: int, total: int, tensors: dict) -> None:
-                latents = tap.latest if tap.latest is not None else tensors.get("latents")
-                if latents is None:
-                    return
-                image = pacer.maybe(step, total, lambda: loaded.previewer.preview(latents, size))
-                if image is not None:
-                    preview(image)
-
-            return maybe
-
-        return for_run
 
     def check(self, request: GenerationRequest) -> LoadedModel:
         """Load the request's model and refuse, before anything is recorded, what it cannot do."""
@@ -614,46 +265,6 @@ class Engine:
         ip_adapter.attach(pipe, weights, request.ip_adapter_scale)
         return weights
 
-    def _refine(self, refiner: tuple[LoadedModel, DiffusionPipeline], request: GenerationRequest, prompt: str,
-                latents: torch.Tensor, generators: list[torch.Generator], stages: _Stages, cancel: CancelToken | None,
-                preview: Callable[[Any], None] | None) -> list[Any]:
-        """Finish the base's latents with the refiner from ``refiner_switch`` on; the same generators go on."""
-        loaded, pipe = refiner
-        # The LoRAs and the reference image are the base's: a model used as a refiner runs as itself,
-        # whatever an earlier run of it as a base left attached.
-        lora.clear(pipe)
-        ip_adapter.detach(pipe)
-        pipe.scheduler = make_scheduler(request.sampler, loaded.base.scheduler.config)
-        self.switches.tile_vae(pipe.vae, request.width * request.height)
-        previews = self._previews(loaded, pipe, preview)
-        cfg = request.guidance_scale > 1
-        output = pipe(
-            **self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg),
-            image=latents,
-            num_inference_steps=request.num_inference_steps,
-            denoising_start=request.refiner_switch,
-            guidance_scale=request.guidance_scale,
-            num_images_per_prompt=request.batch_size,
-            generator=generators,
-            callback_on_step_end=_on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
-                                              previews(request) if previews else None),
-            output_type="pil",
-        )
-        return output.images
-
-    def _flux_embeds(self, loaded: LoadedModel, pipe: DiffusionPipeline, prompt: str) -> dict[str, torch.Tensor]:
-        """FLUX's two text encoders (CLIP pooled, T5 per token), through the same cache."""
-        key = (loaded.source.name, loaded.revision, prompt, "", "flux")
-        cached = self.text_cache.get(key)
-        if cached is None:
-            with torch.inference_mode():
-                prompt_embeds, pooled, _ = pipe.encode_prompt(
-                    prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1
-                )
-            cached = {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
-            self.text_cache.put(key, cached)
-        return dict(cached)
-
     def run(
         self,
         request: GenerationRequest,
@@ -667,7 +278,7 @@ class Engine:
             started = time.perf_counter()
             # 1. Model, its task pipeline (loaded once, then shared) and the task's inputs
             loaded = self.load(request.model)
-            task = _TaskInputs.of(request)
+            task = TaskInputs.of(request)
             pipe = self.pipeline(request.model, request.task, task.controlnets, task.mode)
             # 2. A fresh scheduler for the chosen sampler
             try:
@@ -683,11 +294,11 @@ class Engine:
             else:
                 lora.clear(pipe)
                 used_loras, text_loras = [], ()
-            previews = self._previews(loaded, pipe, preview)
+            previews = loaded.previews(pipe, preview)
             refiner = self._refiner(request) if request.refiner is not None else None
             reference = self._reference(loaded, pipe, request)
             if reference is not None:
-                task.arguments["ip_adapter_image"] = _rgb(_pixels(request.ip_adapter_image, "ip_adapter_image"))
+                task.add_reference(request)
             # FLUX's guidance is distilled into the model: no negative pass.
             cfg = loaded.family != "flux" and request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
             seeds = request.seeds[: request.batch_size]
@@ -696,32 +307,32 @@ class Engine:
                 if cancel is not None and cancel.cancelled:
                     break
                 # 3. Prompt embeddings, from the cache when the prompt was seen
-                if loaded.family == "flux":
-                    embeds = self._flux_embeds(loaded, pipe, prompt)
-                else:
-                    embeds = self._encode_prompt(loaded, pipe, prompt, request.negative_prompt, cfg, text_loras)
+                embeds = self.text_cache.embeds(pipe, loaded.family, (loaded.source.name, loaded.revision), prompt,
+                                                request.negative_prompt, cfg=cfg, device=self.device, text_loras=text_loras)
                 # 4. One CPU generator per image: same noise on every device, and
                 #    image i of a batch equals a single run with seed + i.
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
                 if request.variation_seeds is not None:
-                    task.arguments["latents"] = _variation_latents(pipe, request)
-                arguments = _fit_arguments(pipe, request, {**request.pipeline_arguments(), **task.arguments})
-                stages = _Stages(request, progress) if refiner is not None else None
+                    task.arguments["latents"] = variation_latents(pipe, request)
+                arguments = task.call_arguments(pipe, request)
+                stages = Stages(request, progress) if refiner is not None else None
                 if refiner is not None:  # the base stops at the switch and hands over its latents
                     arguments.update(denoising_end=request.refiner_switch)
                 output = pipe(
                     **embeds,
                     **arguments,
                     generator=generators,
-                    callback_on_step_end=_on_step_end(stages.base if stages else progress, cancel, index,
-                                                      len(task.prompts), request.num_inference_steps,
-                                                      previews(request) if previews else None),
+                    callback_on_step_end=on_step_end(stages.base if stages else progress, cancel, index,
+                                                     len(task.prompts), request.num_inference_steps,
+                                                     previews((request.width, request.height)) if previews else None),
                     output_type="latent" if refiner is not None else "pil",
                 )
                 pictures = output.images
                 if refiner is not None and not (cancel is not None and cancel.cancelled):
                     stages.handed_over(pipe.num_timesteps)
-                    pictures = self._refine(refiner, request, prompt, pictures, generators, stages, cancel, preview)
+                    pictures = refine(*refiner, request, prompt, pictures, generators, stages=stages, cancel=cancel,
+                                      preview=preview, switches=self.switches, text_cache=self.text_cache,
+                                      device=self.device)
                 # 5. Back to the input's pixels where the task keeps them
                 images.extend(task.finish(image) for image in pictures)
             cancelled = cancel is not None and cancel.cancelled
@@ -743,223 +354,3 @@ class Engine:
                 environment=environment,
                 derived=[] if cancelled else task.derived,
             )
-
-
-class _Stages:
-    """One progress bar over a base and its refiner: the refiner's steps continue the base's.
-
-    Both denoise parts of one schedule: text-to-image's ``num_inference_steps``
-    steps, image-to-image's share of them for its strength (diffusers' count).
-    """
-
-    def __init__(self, request: GenerationRequest, progress: ProgressFn | None) -> None:
-        steps = request.num_inference_steps
-        strength = getattr(request, "strength", None)
-        self.total = steps if strength is None else max(1, min(int(steps * strength), steps))
-        self.progress = progress
-        self.done_by_base = 0
-
-    def base(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(min(done, self.total), self.total)
-
-    def handed_over(self, base_steps: int) -> None:
-        self.done_by_base = base_steps
-
-    def refiner(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.total = max(self.total, self.done_by_base + total)
-            self.progress(self.done_by_base + done, self.total)
-
-
-def check_family(family: str, request: GenerationRequest) -> None:
-    """What a request asks that this model family cannot do, said before anything runs."""
-    if request.refiner is not None and family != "sdxl":
-        words = {"sd": "Stable Diffusion 1.x/2.x", "flux": "FLUX"}.get(family, family)
-        raise ModelError(f"refiner applies to SDXL models; {request.model!r} is a {words} model, so remove the refiner.")
-    if family != "flux":
-        return
-    if request.negative_prompt.strip():
-        raise ModelError("negative_prompt does not apply to FLUX models (their guidance is built in); leave it empty.")
-
-
-def _fit_arguments(pipe: DiffusionPipeline, request: GenerationRequest, arguments: dict[str, Any]) -> dict[str, Any]:
-    """The call's arguments in this pipeline's own names.
-
-    FLUX's text-to-image ControlNet takes ``control_image`` where Stable
-    Diffusion's takes ``image``, and FLUX's image-to-image needs the size that
-    Stable Diffusion's takes from the image.
-    """
-    accepted = inspect.signature(pipe.__call__).parameters
-    if "image" in arguments and "image" not in accepted and "control_image" in accepted:
-        arguments["control_image"] = arguments.pop("image")
-    for name in ("height", "width"):
-        if name in accepted and name not in arguments:
-            arguments[name] = getattr(request, name)
-    return arguments
-
-
-def _controlnet_class(folder: Path) -> type:
-    """ControlNetModel or FluxControlNetModel, as the folder's config says."""
-    config = folder / "config.json"
-    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
-    return FluxControlNetModel if name == "FluxControlNetModel" else ControlNetModel
-
-
-def _slerp(low: torch.Tensor, high: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation: the blend of two Gaussian noises stays as loud as each of them."""
-    a, b = low.flatten(), high.flatten()
-    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
-    if omega.abs() < 1e-6:
-        return (1 - t) * low + t * high
-    return (torch.sin((1 - t) * omega) * low + torch.sin(t * omega) * high) / torch.sin(omega)
-
-
-def _variation_latents(pipe: DiffusionPipeline, request: GenerationRequest) -> torch.Tensor:
-    """Starting noise per image: seed + i's noise blended towards variation_seed + i's.
-
-    Each noise is drawn as the pipeline would draw it (one CPU generator per
-    image, the latent shape of one image; FLUX's then packed into its 2x2
-    patches), so strength 0 is the seed's own image and strength 1 the
-    variation seed's.
-    """
-    factor = pipe.vae_scale_factor
-    flux = getattr(pipe, "transformer", None) is not None
-    if flux:  # FLUX's latent sides are even: they are packed in 2x2 patches
-        channels = pipe.transformer.config.in_channels // 4
-        height, width = (2 * (side // (factor * 2)) for side in (request.height, request.width))
-    else:
-        channels = pipe.unet.config.in_channels
-        height, width = request.height // factor, request.width // factor
-    shape = (1, channels, height, width)
-
-    def noise(seed: int) -> torch.Tensor:
-        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
-
-    blended = torch.cat([
-        _slerp(noise(seed), noise(other), request.variation_strength)
-        for seed, other in zip(request.seeds, request.variation_seeds)
-    ])
-    if flux:
-        blended = pipe._pack_latents(blended, len(request.seeds), channels, height, width)
-    denoiser = pipe.transformer if flux else pipe.unet
-    return blended.to(pipe.device, denoiser.dtype)
-
-
-def _from_folder(folder: Path, options: dict[str, Any]) -> DiffusionPipeline:
-    """A diffusers folder as its base pipeline: text-to-image, inpainting for a 9-channel model,
-    image-to-image for an SDXL refiner (its class keeps the refiner's aesthetic-score conditioning)."""
-    index = json.loads((folder / "model_index.json").read_text())
-    if index.get("_class_name") == StableDiffusionXLImg2ImgPipeline.__name__:
-        return StableDiffusionXLImg2ImgPipeline.from_pretrained(str(folder), **options)
-    auto = AutoPipelineForInpainting if _is_inpainting_folder(folder) else AutoPipelineForText2Image
-    return auto.from_pretrained(str(folder), **options)
-
-
-def _on_step_end(progress: ProgressFn | None, cancel: CancelToken | None, index: int, count: int, default: int,
-                 preview: Callable[[int, int, dict], None] | None = None):
-    """Per-step progress over all of a run's prompts, previews, and the cooperative cancel."""
-
-    def on_step_end(pipeline, step, timestep, tensors):
-        steps = getattr(pipeline, "num_timesteps", default)  # fewer than asked when strength < 1
-        if progress is not None:
-            progress(index * steps + step + 1, count * steps)
-        if preview is not None:
-            preview(step, steps, tensors)
-        if cancel is not None and cancel.cancelled:
-            pipeline._interrupt = True
-        return tensors
-
-    return on_step_end
-
-
-# Inpainting through a ControlNet pastes back with this seam (its request has no feather field).
-CONTROLNET_INPAINT_FEATHER = 4
-
-
-@dataclass
-class _TaskInputs:
-    """What a request adds to the pipeline call, and what happens to each image after it."""
-
-    mode: str = "txt2img"
-    prompts: list[str] = field(default_factory=list)
-    arguments: dict[str, Any] = field(default_factory=dict)
-    controlnets: tuple[str, ...] = ()
-    derived: list[tuple[str, Any]] = field(default_factory=list)
-    finish: Callable[[Any], Any] = lambda image: image
-
-    @classmethod
-    def of(cls, request: GenerationRequest) -> _TaskInputs:
-        if isinstance(request, Img2ImgRequest):
-            return cls._img2img(request)
-        if isinstance(request, InpaintRequest):
-            return cls._inpaint(request)
-        if isinstance(request, ControlNetRequest):
-            return cls._controlnet(request)
-        return cls(prompts=[request.prompt])
-
-    @classmethod
-    def _img2img(cls, request: Img2ImgRequest) -> _TaskInputs:
-        image = resize_to(_rgb(_pixels(request.image, "image")), request.width, request.height, request.resize_mode)
-        return cls(prompts=[request.prompt], arguments={"image": image})
-
-    @classmethod
-    def _inpaint(cls, request: InpaintRequest) -> _TaskInputs:
-        original = _pixels(request.image, "image")
-        region = masks.adjust(_pixels(request.mask_image, "mask_image"), request.mask_grow)
-        size = (request.width, request.height)
-        arguments = {
-            "image": _rgb(original).resize(size, Image.Resampling.LANCZOS),
-            "mask_image": region.resize(size, Image.Resampling.NEAREST),
-        }
-        return cls(
-            mode="inpaint",
-            prompts=request.prompts,
-            arguments=arguments,
-            finish=lambda image: masks.paste_back(original, image, region, feather=request.mask_feather),
-        )
-
-    @classmethod
-    def _controlnet(cls, request: ControlNetRequest) -> _TaskInputs:
-        size = (request.width, request.height)
-        controls = [
-            resize_to(
-                preprocessors.run(unit.preprocessor, _rgb(_pixels(unit.image, "control image")), **unit.preprocessor_params),
-                *size,
-                request.resize_mode,
-            )
-            for unit in request.controls
-        ]
-        single = len(controls) == 1
-        control = controls[0] if single else controls
-        arguments = request.pipeline_arguments()
-        if single:  # one ControlNet takes plain numbers, several take lists
-            overrides = {key: arguments[key][0] for key in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
-        else:
-            overrides = {}
-        task = cls(
-            mode=request.mode,
-            prompts=[request.prompt],
-            controlnets=tuple(unit.controlnet for unit in request.controls),
-            derived=[("control", image) for image in controls],
-        )
-        if request.mode == "txt2img":
-            task.arguments = {"image": control, **overrides}
-            return task
-        original = _pixels(request.image, "image")
-        task.arguments = {"image": resize_to(_rgb(original), *size, request.resize_mode), "control_image": control, **overrides}
-        if request.mode == "inpaint":
-            region = _pixels(request.mask_image, "mask_image")
-            task.arguments["mask_image"] = resize_to(region, *size, request.resize_mode)
-            task.finish = lambda image: masks.paste_back(original, image, region, feather=CONTROLNET_INPAINT_FEATHER)
-        return task
-
-
-def _pixels(ref, name: str) -> Any:
-    if ref.image is None:
-        raise ModelError(f"{name} has no pixels; a stored request needs its images from the gallery to run.")
-    return ref.image
-
-
-def _rgb(image: Any) -> Any:
-    return image if image.mode == "RGB" else image.convert("RGB")

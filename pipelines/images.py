@@ -25,7 +25,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipelines.requests import MAX_SIZE, MIN_SIZE, RequestError
+from pipelines.limits import MAX_SIZE, MIN_SIZE, RequestError
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | IO[bytes] | Image.Image
 
@@ -203,7 +203,7 @@ def output_size(
     A side over ``high`` scales the image down proportionally, so the aspect
     holds; a side under ``low`` is raised to it, which changes the aspect but
     only for slivers ``load_image`` already bounds. The defaults are the width
-    and height limits of ``pipelines.requests``.
+    and height limits of ``pipelines.limits``.
     """
     if low % multiple or high % multiple or not 0 < low <= high:
         raise ValueError(f"low and high must be multiples of {multiple} with 0 < low <= high; got {low} and {high}.")

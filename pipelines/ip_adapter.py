@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.requests import RequestError
+from pipelines.limits import RequestError
 
 MIN_SCALE, MAX_SCALE = 0.0, 2.0
 IMAGE_ENCODER = "image_encoder"

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.requests import RequestError
+from pipelines.errors import FAMILY_NAMES
+from pipelines.limits import RequestError
 
 SUFFIX = ".safetensors"
 MIN_WEIGHT, MAX_WEIGHT = -2.0, 2.0
@@ -48,7 +49,6 @@ _LORA_KEY = re.compile(r"lora(?:_[AB]\b|_down\b|_up\b|\.down\b|\.up\b|_linear_la
 # tells the families apart: 768 SD1.x, 1024 SD2.x, 2048 SDXL.
 _TO_K = re.compile(r"attn2[._]to_k[._](?:lora_A|lora_down|lora\.down|lora_linear_layer\.down)")
 _WIDTH_FAMILY = {768: "sd", 1024: "sd", 2048: "sdxl"}
-_FAMILY_WORDS = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "SDXL", "flux": "FLUX"}
 # diffusers' and kohya's names for text-encoder layers.
 _TEXT_ENCODER_PREFIXES = ("text_encoder.", "text_encoder_2.", "lora_te_", "lora_te1_", "lora_te2_")
 
@@ -204,7 +204,7 @@ def _load(pipe: Any, lora: LoraFile, adapter: str) -> None:
         # A half-loaded adapter (UNet done, text encoder failed) must not linger.
         if adapter in _loaded_adapters(pipe):
             pipe.delete_adapters(adapter)
-        made_for = _FAMILY_WORDS.get(lora.family, "another kind of model")
+        made_for = FAMILY_NAMES.get(lora.family, "another kind of model")
         raise LoraError(f"LoRA {lora.name!r} does not fit this model; its layers were made for {made_for}.") from error
     if adapter not in _loaded_adapters(pipe):
         raise LoraError(f"LoRA {lora.name!r} does not fit this model; none of its layers are in it.")

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipelines.requests import RequestError
+from pipelines.limits import RequestError
 
 MASK_METHODS = ("auto", "alpha", "grabcut", "rembg")
 MASK_THRESHOLD = 127  # a mask pixel is white when above this

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
-from pipelines.requests import MAX_SEED, RequestError, names_of
+from pipelines.limits import MAX_SEED, RequestError, names_of
 
 ANNOTATORS = "lllyasviel/Annotators"
 

@@ -293,3 +293,30 @@ class PreviewPacer:
         self._spent += self._last
         self.made += 1
         return result
+
+
+def watch(previewer: LatentPreviewer, scheduler: Any, show: Callable[[Image.Image], None]
+          ) -> Callable[[tuple[int, int]], Callable[[int, int, dict], None]]:
+    """Previews of the runs on ``scheduler``: for each run's (width, height), a per-step callback.
+
+    Each shows the sampler's current estimate of the finished picture
+    (``DenoisedTap``, else the step's latents), decoded by ``previewer``, every
+    few steps and only while previews cost under a few percent of the run
+    (a fresh ``PreviewPacer`` per run).
+    """
+    tap = DenoisedTap(scheduler)
+
+    def for_run(size: tuple[int, int]) -> Callable[[int, int, dict], None]:
+        pacer = PreviewPacer()
+
+        def maybe(step: int, total: int, tensors: dict) -> None:
+            latents = tap.latest if tap.latest is not None else tensors.get("latents")
+            if latents is None:
+                return
+            image = pacer.maybe(step, total, lambda: previewer.preview(latents, size))
+            if image is not None:
+                show(image)
+
+        return maybe
+
+    return for_run

@@ -31,7 +31,7 @@ from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 from diffusion_prompt_embedder import parse_prompt_attention
 from diffusers import DiffusionPipeline
 
-from pipelines.requests import RequestError
+from pipelines.limits import RequestError
 
 # What the parser returns for the BREAK keyword.
 _BREAK = ("BREAK", -1.0)

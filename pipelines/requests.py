@@ -21,28 +21,26 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from pipelines import lora, preprocessors
+from pipelines.images import output_size
+# The UI and the CLI import the limits from here too, beside the requests they bound.
+from pipelines.limits import (
+    MAX_BATCH,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    RequestError,
+    names_of,
+)
 from pipelines.samplers import SAMPLER_NAMES
-
-MAX_SEED = 2**32 - 1
-MIN_SIZE, MAX_SIZE = 64, 2048
-MAX_STEPS = 150
-MAX_GUIDANCE = 30.0
-MAX_BATCH = 16
-MAX_PROMPT_CHARS = 10_000
 
 
 def random_seed() -> int:
     """A seed for "surprise me"; recorded like any other, so it can be reused."""
     return secrets.randbelow(MAX_SEED + 1)
-
-
-class RequestError(ValueError):
-    """Input a user can fix; the message is one sentence naming the field."""
-
-
-def names_of(keys: Any) -> str:
-    """Keys a user sent, for a message: as typed, or quoted where they hold line breaks or control characters."""
-    return ", ".join(key if isinstance(key, str) and key.isprintable() else repr(key) for key in keys)
 
 
 def _is_int(value: Any) -> bool:
@@ -289,8 +287,6 @@ def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, 
 
 def _check_loras(value: Any) -> tuple[tuple[str, float], ...]:
     """(name, weight) pairs; whether each file exists is the LoRA folder's to say (pipelines.lora)."""
-    from pipelines import lora
-
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, (list, tuple)) and len(item) == 2 for item in value):
         raise RequestError(f"loras must be a list of [name, weight] pairs; got {value!r:.80}.")
     if len(value) > lora.MAX_LORAS:
@@ -314,8 +310,6 @@ def _check_word(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _size_from(request: GenerationRequest, image: ImageRef) -> None:
     """Width and height 0 mean "the input's own size", rounded to what the model allows."""
     if request.width == 0 and request.height == 0 and image.image is not None:
-        from pipelines.images import output_size
-
         width, height = output_size(image.image)
         object.__setattr__(request, "width", width)
         object.__setattr__(request, "height", height)
@@ -439,8 +433,6 @@ class ControlUnit:
     guidance_end: float = 1.0
 
     def __post_init__(self) -> None:
-        from pipelines import preprocessors
-
         _check_image("control image", self.image)
         if not isinstance(self.controlnet, str) or not self.controlnet.strip():
             raise RequestError("controlnet must name a ControlNet model; see the ControlNet tab's list.")

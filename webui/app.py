@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import gradio as gr
 
+from pipelines.errors import ModelError
 from storage import Users
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
 from webui.models import find, load_models
@@ -159,8 +160,6 @@ def _login(users: Users) -> Callable[[str, str], Awaitable[bool]]:
 
 
 def _warm_up(studio: Studio) -> None:
-    from pipelines.engine import ModelError
-
     try:
         studio.engine.load(studio.settings.model)
     except ModelError as error:

@@ -407,7 +407,7 @@ def _new_password() -> str | None:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: `atelier --help` should not wait for torch.
-    from pipelines.engine import ModelError
+    from pipelines.errors import ModelError
     from storage import RecordNotFound
     from webui.studio import Studio, StudioError
 

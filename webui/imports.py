@@ -220,7 +220,7 @@ class _Builder:
         return ImportedRequest(source=self.source, request=self.request, unmapped=self.unmapped)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # as pipelines/engine.py's resolve_source
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # as pipelines/sources.py's resolve_source
 
 
 def loadable_model(name: str) -> bool:

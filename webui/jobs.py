@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+from pipelines.errors import ModelError
+from pipelines.progress import ProgressFn
 from pipelines.requests import GenerationRequest, RequestError
 from storage import GenerationRecord, StorageError, Users
 from webui.studio import RerunOutcome, Studio, StudioError
 from webui.workers import JobFailed, Ticket
-
-if TYPE_CHECKING:
-    from pipelines.engine import ProgressFn
 
 # Handlers beyond the queue's capacity that can run at once, each to say "the queue is full".
 REFUSALS_AT_ONCE = 16
@@ -144,9 +143,6 @@ class Jobs:
         return self.studio.compare(parent, record)
 
     def _wait(self, request: gr.Request | None, enqueue: Callable[[], Ticket], progress: ProgressFn) -> GenerationRecord:
-        # Imported here: the engine module brings torch, which the page does not need.
-        from pipelines.engine import ModelError
-
         try:
             ticket = enqueue()
         except (ModelError, RequestError, StudioError, StorageError) as error:

@@ -84,8 +84,8 @@ class Settings:
         return Path(self.loras_dir).expanduser() if self.loras_dir else self.data_dir / "loras"
 
     def switches(self):
-        """The engine's memory and speed switches (pipelines.engine.Switches)."""
-        from pipelines.engine import Switches
+        """The engine's memory and speed switches (pipelines.devices.Switches)."""
+        from pipelines.devices import Switches
 
         return Switches(attention=self.attention, vae_tiling=self.vae_tiling, cpu_offload=self.cpu_offload == "1",
                         compile=self.compile == "1")

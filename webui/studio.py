@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from pipelines.errors import ModelError, check_family
+from pipelines.progress import CancelToken, ProgressFn
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
+from pipelines.sources import resolve_source
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
 from webui.settings import Settings
 
 if TYPE_CHECKING:  # the engine module imports torch; the page should not wait for it
-    from pipelines.engine import CancelToken, Engine, ProgressFn
+    from pipelines.engine import Engine
     from webui.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -159,8 +162,6 @@ class Studio:
         when `settings.queue_limit` jobs wait already; either way nothing is
         written.
         """
-        from pipelines.engine import resolve_source
-
         # 1. Check before writing: the model must exist (loading it waits for
         #    the GPU, so only its source is checked here), what the run would
         #    refuse is refused now, and the queue must have room.
@@ -188,7 +189,6 @@ class Studio:
         name; the engine checks the real one when it runs.
         """
         from pipelines import ip_adapter, lora, prompts
-        from pipelines.engine import ModelError, check_family, resolve_source
 
         texts = getattr(request, "prompts", None) or [request.prompt]
         for text in texts:
@@ -230,8 +230,6 @@ class Studio:
         rerun is. A model that cannot load or a stored request that no longer
         validates ends the job "failed" with that message, and is raised.
         """
-        from pipelines.engine import ModelError
-
         started = time.perf_counter()
         # 1. The request and its model; either failing is the job's end, not the worker's.
         try:

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pipelines.errors import ModelError
+from pipelines.progress import CancelToken
 from pipelines.requests import GenerationRequest, RequestError
 from storage import Gallery, GenerationRecord, LeaseLost, NotAllowed, RecordNotFound, StorageError
 
@@ -43,8 +45,6 @@ class Ticket:
     """
 
     def __init__(self, generation_id: int, *, watched: bool) -> None:
-        from pipelines.engine import CancelToken  # torch comes with it; the page does not wait for it
-
         self.generation_id = generation_id
         self.watched = watched  # a session waits for it (False: queued before a restart, or elsewhere)
         self.cancel = CancelToken()
@@ -290,7 +290,6 @@ class Workers:
                     self.forget(ticket)
 
     def _run(self, ticket: Ticket, record: GenerationRecord) -> None:
-        from pipelines.engine import ModelError
         from webui.studio import StudioError
 
         try:

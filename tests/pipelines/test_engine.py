@@ -8,9 +8,12 @@ task pipelines share the loaded weights.
 import numpy as np
 import pytest
 
-from pipelines.engine import CancelToken, Engine, ModelError, resolve_source
+from pipelines.engine import Engine
+from pipelines.errors import ModelError
+from pipelines.progress import CancelToken
 from pipelines.requests import Text2ImgRequest
 from pipelines.samplers import SAMPLER_NAMES
+from pipelines.sources import resolve_source
 
 
 @pytest.fixture(scope="module")

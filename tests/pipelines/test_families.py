@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.engine import Engine, ModelError
+from pipelines.engine import Engine
+from pipelines.errors import ModelError
 from pipelines.requests import (
     ControlNetRequest,
     ControlUnit,

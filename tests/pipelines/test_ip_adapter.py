@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pipelines import ip_adapter
-from pipelines.engine import Engine, Switches
+from pipelines.devices import Switches
+from pipelines.engine import Engine
 from pipelines.ip_adapter import IPAdapterError
 
 PROJECTION = 16  # the tiny image encoder's embedding width

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.engine import Engine, ModelError, _single_file_class
+from pipelines.engine import Engine
+from pipelines.errors import ModelError
+from pipelines.loaders import _single_file_class
 from pipelines.requests import Img2ImgRequest, InpaintRequest, ImageRef, RequestError, Text2ImgRequest
 
 SETTINGS = {"width": 64, "height": 64, "num_inference_steps": 10, "guidance_scale": 5.0, "sampler": "Euler", "seed": 4}

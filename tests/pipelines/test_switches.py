@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from pipelines.engine import Engine, ModelError, Switches
+from pipelines.devices import Switches
+from pipelines.engine import Engine
+from pipelines.errors import ModelError
 from pipelines.requests import Text2ImgRequest
 
 REQUEST = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "num_inference_steps": 20,

@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipelines import masks
 from pipelines.embedded.world import Scene, classify, render
-from pipelines.engine import Engine, ModelError
+from pipelines.engine import Engine
+from pipelines.errors import ModelError
 from pipelines.requests import (
     ControlNetRequest,
     ControlUnit,

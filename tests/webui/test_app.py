@@ -73,7 +73,7 @@ def test_review_search_and_variations_over_the_api(launched):
     assert "of 0" in info
 
     # A cancelled generation has no image, yet the status filter finds it (with a placeholder tile).
-    from pipelines.engine import CancelToken
+    from pipelines.progress import CancelToken
     from pipelines.requests import Text2ImgRequest
 
     token = CancelToken()

@@ -76,7 +76,7 @@ def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_go
     again = Studio.from_settings(settings)
     try:
         before = again.gallery.count()
-        from pipelines.engine import ModelError
+        from pipelines.errors import ModelError
 
         with pytest.raises(ModelError, match="not on this machine"):
             again.rerun(record.id, user="ada")

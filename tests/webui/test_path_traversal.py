@@ -144,7 +144,7 @@ def test_what_the_pages_hand_out_still_downloads(gallery, tmp_path):
     _, image, *_ = client.predict(record.id, api_name="/gallery_record")
     assert Path(image).read_bytes() == (data / record.outputs[0].path).read_bytes()
 
-    from pipelines.engine import CancelToken
+    from pipelines.progress import CancelToken
 
     token = CancelToken()
     token.cancel()

@@ -6,7 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from pipelines.engine import CancelToken, ModelError
+from pipelines.errors import ModelError
+from pipelines.progress import CancelToken
 from pipelines.requests import Text2ImgRequest
 from storage.pngmeta import read_png_metadata
 

@@ -146,7 +146,7 @@ def test_what_a_run_would_refuse_is_refused_before_it_is_queued(tmp_path):
     """A queued job that can only fail would leave a failed record; these are one sentence and no record."""
     from PIL import Image
 
-    from pipelines.engine import ModelError
+    from pipelines.errors import ModelError
     from pipelines.requests import ImageRef, RequestError
 
     studio = Studio.from_settings(Settings(data_dir=tmp_path / "data", user="ada", loras_dir=str(tmp_path / "loras")))
@@ -183,7 +183,7 @@ def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gon
 
     from gradio_client import Client
 
-    from pipelines.engine import ModelError
+    from pipelines.errors import ModelError
     from tests.webui.conftest import free_port, serving
 
     refiner = tmp_path / "refiner"

@@ -1,0 +1,29 @@
+"""What a request may ask, and the error for input outside it.
+
+The request types, the upload checks, the LoRA folder and the preprocessors
+all refuse input with ``RequestError`` and share these ranges. They live here,
+apart from ``pipelines.requests``, because the request module itself checks
+its fields with those modules: with the shared names in one module that
+imports nothing of the project, every one of them can import it at the top
+and no two import each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_SEED = 2**32 - 1
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_BATCH = 16
+MAX_PROMPT_CHARS = 10_000
+
+
+class RequestError(ValueError):
+    """Input a user can fix; the message is one sentence naming the field."""
+
+
+def names_of(keys: Any) -> str:
+    """Keys a user sent, for a message: as typed, or quoted where they hold line breaks or control characters."""
+    return ", ".join(key if isinstance(key, str) and key.isprintable() else repr(key) for key in keys)
