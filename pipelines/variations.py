@@ -48,7 +48,15 @@ def variation_latents(pipe: Any, request: GenerationRequest) -> torch.Tensor:
 
 
 def _slerp(low: torch.Tensor, high: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation: the blend of two Gaussian noises stays as loud as each of them."""
+    """Spherical interpolation: the blend of two Gaussian noises stays as loud as each of them.
+
+    The ends are the noises themselves, not the formula at 0 or 1: sin(omega) / sin(omega)
+    rounds to a hair off 1 on some CPUs, and strength 0 and 1 promise those seeds' images.
+    """
+    if t == 0:
+        return low.clone()
+    if t == 1:
+        return high.clone()
     a, b = low.flatten(), high.flatten()
     omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
     if omega.abs() < 1e-6:

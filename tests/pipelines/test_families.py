@@ -116,8 +116,21 @@ def test_variation_strength_moves_from_the_seed_to_the_variation_seed(embedded):
 
 
 def test_variations_of_a_batch_blend_image_by_image(embedded):
-    batch = embedded.run(Text2ImgRequest(**SETTINGS, seed=10, batch_size=2, variation_seed=20, variation_strength=1.0)).images
-    assert np.array_equal(np.asarray(batch[1], dtype=int), pixels(embedded, seed=21))
+    """Image i of a batch blends towards variation_seed + i: at strength 1 the batch is the variation seed's batch.
+
+    Pixel for pixel against that batch (the same noise through the same batched call); against the single
+    image of seed 21 only within a level or two, since a batch of two and a batch of one are two different
+    computations whose float rounding may differ between CPUs.
+    """
+    def batch(**fields):
+        images = embedded.run(Text2ImgRequest(**SETTINGS, batch_size=2, **fields)).images
+        return [np.asarray(image, dtype=int) for image in images]
+
+    blended, theirs = batch(seed=10, variation_seed=20, variation_strength=1.0), batch(seed=20)
+    assert all(np.array_equal(a, b) for a, b in zip(blended, theirs, strict=True))
+    alone = pixels(embedded, seed=21)
+    assert np.abs(blended[1] - alone).max() <= 3
+    assert not np.array_equal(blended[0], blended[1])
 
 
 @pytest.mark.parametrize(
