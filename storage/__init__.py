@@ -3,6 +3,7 @@
 Knows nothing about torch, diffusers or Gradio (STYLE.md rule 1).
 """
 
+from storage.db import Database
 from storage.gallery import Gallery
 from storage.records import (
     BoardRecord,
@@ -20,6 +21,7 @@ from storage.users import UserRecord, Users
 
 __all__ = [
     "BoardRecord",
+    "Database",
     "Gallery",
     "GenerationRecord",
     "ImageInput",

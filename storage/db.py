@@ -14,6 +14,18 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 0x61_74_65_6C  # "atel"
 
 
+class Database:
+    """TEMP shim (the storage helper's branch brings the real one): one engine per URL, migrated once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for any SQLAlchemy URL; SQLite connections get the pragmas below."""
     engine = create_engine(url)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage import queue, search
-from storage.db import make_engine, upgrade
+from storage.db import Database
 from storage.files import PNG_MODES, FileStore, StagedImage
 from storage.models import REVIEWS, ROLES, Base, Board, BoardItem, Generation, Image, Tag, utcnow
 from storage.pngmeta import png_text_chunks
@@ -71,7 +71,8 @@ class Gallery:
     def __init__(
         self,
         *,
-        url: str,
+        url: str | None = None,
+        database: Database | None = None,
         data_dir: Path,
         lease_seconds: float = queue.LEASE_SECONDS,
         clock: Callable[[], datetime] = utcnow,
@@ -81,8 +82,9 @@ class Gallery:
         self._clock = clock
         self.data_dir = Path(data_dir).resolve()
         self._files = FileStore(self.data_dir)
-        self._engine = make_engine(url)
-        upgrade(self._engine)
+        self._owned = database is None  # TEMP shim: a database handed in is closed by whoever made it
+        self._database = Database(url) if database is None else database
+        self._engine = self._database.engine
         # Stage, commit and land run under one lock so that two threads landing
         # identical bytes never write the same pending name at once (the file
         # lock in FileStore.landing is shared, so it does not exclude threads).
@@ -99,7 +101,8 @@ class Gallery:
     def close(self) -> None:
         """Stop renewing leases (a job still running here is interrupted one lease later) and disconnect."""
         self._leases.close()
-        self._engine.dispose()
+        if self._owned:
+            self._database.close()
 
     def start(self, new: NewGeneration) -> GenerationRecord:
         """Record a generation that is about to run, with status "running", under this gallery's lease."""

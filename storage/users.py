@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.db import make_engine, upgrade
+from storage.db import Database
 from storage.models import User, utcnow
 from storage.records import RecordNotFound, StorageError
 from storage.search import check_flag
@@ -48,9 +48,10 @@ class Users:
     and API route asks for a login (webui/app.py).
     """
 
-    def __init__(self, *, url: str) -> None:
-        self._engine = make_engine(url)
-        upgrade(self._engine)
+    def __init__(self, *, url: str | None = None, database: Database | None = None) -> None:
+        self._owned = database is None  # TEMP shim: a database handed in is closed by whoever made it
+        self._database = Database(url) if database is None else database
+        self._engine = self._database.engine
         self._hasher = PasswordHasher()
 
     def __enter__(self) -> Users:
@@ -60,7 +61,8 @@ class Users:
         self.close()
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._owned:
+            self._database.close()
 
     def add_user(self, name: str, password: str, *, admin: bool = False) -> UserRecord:
         # 1. Check inputs, then hash, before any transaction.
