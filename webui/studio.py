@@ -20,11 +20,12 @@ from PIL import Image
 
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
+from webui.errors import QueueFull, StudioError
 from webui.settings import Settings
+from webui.workers import Workers
 
 if TYPE_CHECKING:  # the engine module imports torch; the page should not wait for it
     from pipelines.engine import CancelToken, Engine, ProgressFn
-    from webui.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ def explain_difference(parent: GenerationRecord, child: GenerationRecord) -> lis
         if before != after:
             reasons.append(f"{key} changed ({before} -> {after})")
     return reasons
-
-
-class StudioError(RuntimeError):
-    """A run the studio could not do for a reason a person can act on; the message says what to do."""
-
-
-class QueueFull(StudioError):
-    """The queue holds `queue_limit` jobs already; nothing was written."""
 
 
 OUT_OF_MEMORY = "Out of GPU memory; try a smaller size or batch."
@@ -115,12 +108,17 @@ class Studio:
 
     @property
     def workers(self) -> Workers:
-        """The GPU workers that run queued jobs (`settings.gpu_workers` threads); made on first use, not started."""
+        """The GPU workers that run queued jobs (`settings.gpu_workers` threads); made on first use, not started.
+
+        They are handed the calls they make, the studio's and the gallery's,
+        and not the studio itself. Made when first asked for, so they call
+        this studio's methods as they are then.
+        """
         with self._workers_lock:
             if self._workers is None:
-                from webui.workers import Workers
-
-                self._workers = Workers(self, count=self.settings.gpu_workers)
+                gallery = self.gallery
+                self._workers = Workers(count=self.settings.gpu_workers, enqueue=self.enqueue, run=self.run_job,
+                                        claim=gallery.claim_next, queued=gallery.queued, cancel=gallery.cancel)
             return self._workers
 
     def close(self) -> None:
