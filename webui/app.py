@@ -10,7 +10,7 @@ import gradio as gr
 
 from storage import Users
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
-from webui.models import find, load_models
+from webui.models import find, studio_models
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.tabs import gallery as gallery_tab
@@ -27,7 +27,7 @@ CSS = """
 def build_app(studio: Studio) -> gr.Blocks:
     jobs = Jobs(studio)
     with gr.Blocks(title="Atelier") as app:
-        models = load_models(studio.settings.data_dir, studio.settings.model)
+        models = studio_models(studio.settings)
         with gr.Row():
             gr.Markdown(f"# Atelier\ndata: `{studio.settings.data_dir}`", elem_id="atelier-header")
             # One picker above the tabs, so it is there in every tab; requests record the model's source.

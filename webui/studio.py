@@ -21,6 +21,7 @@ from PIL import Image
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
 from webui.errors import QueueFull, StudioError
+from webui.models import ModelListError, find, guess_family, studio_models
 from webui.settings import Settings
 from webui.workers import Workers
 
@@ -206,13 +207,11 @@ class Studio:
             ip_adapter.find(family, folders.get(family) or None)
 
     def _family(self, model: str) -> str:
-        from webui.models import ModelListError, find, guess_family, load_models
-
         known = self._engine.family_of(model) if self._engine is not None else None
         if known is not None:
             return known
         try:
-            entry = find(load_models(self.settings.data_dir, self.settings.model), model)
+            entry = find(studio_models(self.settings), model)
         except ModelListError:  # the picker says what is wrong with the list; a guess will do here
             entry = None
         family = entry.family if entry is not None else guess_family(model)

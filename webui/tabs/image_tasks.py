@@ -20,8 +20,7 @@ from pipelines.requests import MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS, RESIZE_
 from pipelines.samplers import SAMPLER_NAMES
 from webui.forms import automatic_mask, build_request, default_controlnet, upload
 from webui.jobs import Jobs
-from webui.models import load_models
-from webui.settings import model_defaults
+from webui.models import model_defaults, studio_models
 from webui.tabs import style
 from webui.tabs.common import model_family, model_source, outputs_panel, record_details, record_summary
 
@@ -84,7 +83,7 @@ def _runner(jobs: Jobs, make: Callable[..., Any], styled: dict[str, Any], count:
     """A Gradio handler: build the request (bad input: one sentence, nothing written), run it, show it forming."""
     studio = jobs.studio
 
-    models = load_models(studio.settings.data_dir, studio.settings.model)
+    models = studio_models(studio.settings)
 
     def run(*arguments):
         *values, request, progress = arguments
@@ -168,7 +167,7 @@ def build_img2img(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, An
                 resize_mode = gr.Radio(list(RESIZE_MODES), value="fit", label="Another size: fit, crop or pad")
             settings = _settings_widgets(defaults)
             styled = style.lora_and_reference(jobs.studio.settings.loras_folder)
-            models = load_models(jobs.studio.settings.data_dir, model)
+            models = studio_models(jobs.studio.settings)
             refiner_box, refined = style.refiner(models, visible=model_family(models, model) == "sdxl")
             styled.update(refined)
         with gr.Column(scale=5):

@@ -19,7 +19,7 @@ from pipelines.requests import (
 from pipelines.samplers import SAMPLER_NAMES
 from webui.imports import MetadataError, import_png
 from webui.jobs import Jobs
-from webui.settings import model_defaults
+from webui.models import model_defaults, studio_models
 from webui.tabs import style
 from webui.tabs.common import model_family, model_source, outputs_panel, record_details, record_summary
 
@@ -32,9 +32,7 @@ FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidan
 def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.components.Component]:
     studio = jobs.studio
     defaults = model_defaults(studio.settings.model)
-    from webui.models import load_models
-
-    models = load_models(studio.settings.data_dir, studio.settings.model)
+    models = studio_models(studio.settings)
 
     # -- functions --------------------------------------------------------
 
