@@ -78,7 +78,11 @@ class Studio:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
-        """Wire the services once, at start-up."""
+        """A studio on a gallery of its own, for a script or a test that needs no accounts.
+
+        A process builds all its services at once with webui.services.build_services,
+        where the gallery and the accounts share one database.
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         gallery = Gallery(url=settings.gallery_url, data_dir=settings.data_dir, lease_seconds=settings.lease_seconds)
         return cls(settings=settings, gallery=gallery)
