@@ -116,8 +116,7 @@ class Studio:
         """The GPU workers that run queued jobs (`settings.gpu_workers` threads); made on first use, not started.
 
         They are handed the calls they make, the studio's and the gallery's,
-        and not the studio itself. Made when first asked for, so they call
-        this studio's methods as they are then.
+        not the studio: webui/workers.py imports nothing of this module.
         """
         with self._workers_lock:
             if self._workers is None:

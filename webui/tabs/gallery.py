@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from PIL import Image, ImageDraw
 
 from pipelines.requests import random_seed
 from storage import Gallery, GenerationRecord, RecordNotFound, StorageError
@@ -79,6 +80,15 @@ def describe(record: GenerationRecord, *, place: int | None = None) -> str:
     return "\n\n".join(lines)
 
 
+def lineage(record: GenerationRecord, children: list[GenerationRecord]) -> str:
+    parts = []
+    if record.parent_id is not None:
+        parts.append(f"**Rerun of** #{record.parent_id}")
+    if children:
+        parts.append("**Reruns and variations** " + ", ".join(f"#{child.id}" for child in children))
+    return " · ".join(parts)
+
+
 @dataclass(frozen=True)
 class GalleryHandles:
     """What webui/app.py wires from the gallery tab."""
@@ -88,15 +98,6 @@ class GalleryHandles:
     load: Callable[[float | None], GenerationRecord]  # a record by the id in `record_id` (gr.Error if none)
     send_button: gr.Button  # "Send to Text to image"
     record_id: gr.Number
-
-
-def lineage(record: GenerationRecord, children: list[GenerationRecord]) -> str:
-    parts = []
-    if record.parent_id is not None:
-        parts.append(f"**Rerun of** #{record.parent_id}")
-    if children:
-        parts.append("**Reruns and variations** " + ", ".join(f"#{child.id}" for child in children))
-    return " · ".join(parts)
 
 
 def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers) -> GalleryHandles:
@@ -117,8 +118,6 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         """A tile for a generation with no image (queued, running, failed, cancelled, interrupted), made once."""
         path = settings.data_dir / "placeholders" / f"{status}.png"
         if not path.is_file():
-            from PIL import Image, ImageDraw
-
             path.parent.mkdir(exist_ok=True)
             tile = Image.new("RGB", (128, 128), (225, 225, 225))
             ImageDraw.Draw(tile).text((12, 56), status, fill=(90, 90, 90))
