@@ -5,17 +5,27 @@ and model sites already parse, and `atelier`, the exact request as JSON, from
 which a rerun can be rebuilt. Both must be deterministic (no timestamps, no
 record ids): a rerun that reproduces the pixels must reproduce the file's
 sha256 too.
+
+`read_png_metadata` is the one reader of PNG text chunks, ours or another
+tool's (webui/imports.py maps those onto a request); it takes any file a
+person drops, so it checks the size in the header before decoding.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image
-from PIL.PngImagePlugin import PngImageFile
+
+# Far above any generator's output, and below what makes decoding a hazard.
+MAX_PIXELS = 64 * 1024 * 1024
 
 _REQUIRED = ("prompt", "num_inference_steps", "sampler", "guidance_scale", "width", "height", "model")
 
@@ -60,10 +70,40 @@ def png_text_chunks(params: Mapping[str, Any], *, seed: int) -> dict[str, str]:
     }
 
 
-def read_png_metadata(source: str | Path | IO[bytes]) -> dict[str, str]:
-    """Every text chunk (tEXt, zTXt, iTXt) of a PNG, by keyword."""
-    with Image.open(source) as image:
-        if not isinstance(image, PngImageFile):
-            raise ValueError(f"Expected a PNG file, got {image.format}.")
-        image.load()  # chunks after the image data are only read with the pixels
-        return {key: str(value) for key, value in image.text.items()}
+class PngMetadataError(ValueError):
+    """A file whose PNG text chunks cannot be read; the message is one sentence saying why."""
+
+
+class NotPng(PngMetadataError):
+    """An image, but not a PNG; `format` is Pillow's name for what it is."""
+
+    def __init__(self, format: str | None) -> None:
+        super().__init__(f"Expected a PNG file, got {format}.")
+        self.format = format
+
+
+def read_png_metadata(source: str | Path | bytes | IO[bytes], *, max_pixels: int = MAX_PIXELS) -> dict[str, str]:
+    """Every text chunk (tEXt, zTXt, iTXt) of a PNG (a path, its bytes or an open file), by keyword."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            # max_pixels below is the stricter limit; Pillow's own warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except FileNotFoundError:
+        raise PngMetadataError(f"{source} does not exist.") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise PngMetadataError(f"The file is not an image Atelier can read: {error}") from None
+    with image:
+        if image.format != "PNG":
+            raise NotPng(image.format)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise PngMetadataError(f"The PNG is {width}x{height} pixels; Atelier reads at most {max_pixels:,} pixels.")
+        try:
+            image.load()  # chunks after the image data are only read with the pixels
+            text = getattr(image, "text", {})
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as error:
+            raise PngMetadataError(f"The PNG is damaged and could not be read: {error}") from None
+        return {str(key): str(value) for key, value in text.items()}

@@ -1,4 +1,4 @@
-"""The Gradio Blocks app: one tab module each, wired to one studio service."""
+"""The Gradio Blocks app: one module per tab, each handed the services it uses; `serve` builds them once."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ import gradio as gr
 from pipelines.errors import ModelError
 from storage import Users
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
-from webui.models import find, load_models
+from webui.models import find, studio_models
+from webui.services import build_services
 from webui.settings import Settings
 from webui.studio import Studio
+from webui.tabs import controlnet as controlnet_tab
 from webui.tabs import gallery as gallery_tab
-from webui.tabs import image_tasks, style
+from webui.tabs import img2img as img2img_tab
+from webui.tabs import inpaint as inpaint_tab
+from webui.tabs import style
 from webui.tabs import txt2img as txt2img_tab
+from webui.tabs.runner import Runner
 
 SERVED_FOLDERS = ("images", "thumbs", "placeholders", "exports")  # the data folder's folders Gradio may serve
 
@@ -25,54 +30,57 @@ CSS = """
 """
 
 
-def build_app(studio: Studio) -> gr.Blocks:
-    jobs = Jobs(studio)
+def build_app(studio: Studio, users: Users) -> gr.Blocks:
+    settings, gallery = studio.settings, studio.gallery
+    jobs = Jobs(studio, users=users)
     with gr.Blocks(title="Atelier") as app:
-        models = load_models(studio.settings.data_dir, studio.settings.model)
+        models = studio_models(settings)
         with gr.Row():
-            gr.Markdown(f"# Atelier\ndata: `{studio.settings.data_dir}`", elem_id="atelier-header")
+            gr.Markdown(f"# Atelier\ndata: `{settings.data_dir}`", elem_id="atelier-header")
             # One picker above the tabs, so it is there in every tab; requests record the model's source.
-            picker = gr.Dropdown([m.name for m in models], value=find(models, studio.settings.model).name,
+            picker = gr.Dropdown([m.name for m in models], value=find(models, settings.model).name,
                                  label="Model", scale=1)
             picked = gr.Markdown()
+        runner = Runner(jobs=jobs, gallery=gallery, models=models, settings=settings, picker=picker)
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
-                txt2img = txt2img_tab.build(jobs, picker)
+                txt2img = txt2img_tab.build(settings, runner)
             with gr.Tab("Image to image", id="img2img"):
-                img2img = image_tasks.build_img2img(jobs, picker)
+                img2img = img2img_tab.build(settings, runner)
             with gr.Tab("Product background", id="inpaint"):
-                inpaint = image_tasks.build_inpaint(jobs, picker)
+                inpaint = inpaint_tab.build(settings, runner)
             with gr.Tab("ControlNet", id="controlnet"):
-                controlnet = image_tasks.build_controlnet(jobs, picker)
+                controlnet = controlnet_tab.build(settings, runner)
             with gr.Tab("Gallery", id="gallery"):
-                gallery = gallery_tab.build(jobs)
+                gallery_view = gallery_tab.build(settings=settings, gallery=gallery, jobs=jobs, workers=studio.workers)
         # A new image shows up in the gallery without a manual refresh.
         for tab in (txt2img, img2img, inpaint, controlnet):
-            tab["generated"].success(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
+            tab.generated.success(gallery_view.refresh, outputs=gallery_view.outputs, queue=False,
+                                  api_visibility="private")
 
         # "Send to its tab": every field filled from the record, to change one thing.
-        fields = txt2img["fields"]
+        fields = txt2img.fields
 
-        styles = txt2img["styles"]
+        styles = txt2img.styles
 
         def send(record_id):
             # Text-to-image fields are filled, style controls and reference
             # image included; an image task's tab opens with its own widgets
             # (its inputs are in the record: rerun it from the gallery to
             # change one setting).
-            record = gallery["load"](record_id)
+            record = gallery_view.load(record_id)
             params = record.params
             if params["task"] != "txt2img":
                 return [gr.update()] * len(fields) + [gr.Tabs(selected=params["task"])] + [gr.update()] * len(styles)
-            reference = next((str(studio.gallery.path(image.path)) for image in record.images if image.role == "reference"),
+            reference = next((str(gallery.path(image.path)) for image in record.images if image.role == "reference"),
                              None)
             return [params[name] for name in fields] + [gr.Tabs(selected="txt2img")] + \
                 style.values_from(params, styles, reference)
 
         # The style controls come after the tab switch: API clients reading the first outputs keep working.
-        gallery["send_button"].click(send, inputs=gallery["record_id"], outputs=[*fields.values(), tabs, *styles.values()],
-                                     api_name="send_to_tab")
-        app.load(gallery["refresh"], outputs=gallery["outputs"], queue=False, api_visibility="private")
+        gallery_view.send_button.click(send, inputs=gallery_view.record_id,
+                                       outputs=[*fields.values(), tabs, *styles.values()], api_name="send_to_tab")
+        app.load(gallery_view.refresh, outputs=gallery_view.outputs, queue=False, api_visibility="private")
 
         def pick(name, progress=gr.Progress()):
             """Load the picked model now (with a progress message), and give the tabs its settings."""
@@ -93,8 +101,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             return [note, *updates, gr.update(visible=entry.negative_prompt_applies, value="")]
 
         # What does not apply to the picked model is hidden in every tab: negative prompts for FLUX, the refiner but for SDXL.
-        negatives = [tab["negative_prompt"] for tab in (img2img, inpaint, controlnet)]
-        refiner_boxes = [txt2img["refiner_box"], img2img["refiner_box"]]
+        negatives = [tab.negative_prompt for tab in (img2img, inpaint, controlnet)]
+        refiner_boxes = [txt2img.refiner_box, img2img.refiner_box]
 
         def hide_what_does_not_apply(name):
             entry = find(models, name)
@@ -115,7 +123,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     for fn in app.fns.values():
         if fn.concurrency_id == "gpu":
             fn.concurrency_limit = jobs.gpu_event["concurrency_limit"]
-    app.queue(default_concurrency_limit=studio.settings.gpu_workers)
+    app.queue(default_concurrency_limit=settings.gpu_workers)
     return app
 
 
@@ -123,9 +131,9 @@ def launch(
     studio: Studio, *, users: Users | None = None, prevent_thread_lock: bool = False, quiet: bool = False
 ) -> gr.Blocks:
     settings = studio.settings
-    if users is None:
+    if users is None:  # a studio on its own (a test): its accounts through a connection of their own
         users = Users(url=settings.gallery_url)
-    app = build_app(studio)
+    app = build_app(studio, users)
     # Queued jobs run from now on, those left from before a restart first.
     studio.workers.start()
     app.launch(
@@ -170,19 +178,18 @@ def _warm_up(studio: Studio) -> None:
 
 
 def serve(settings: Settings) -> None:
-    studio = Studio.from_settings(settings)
-    users = Users(url=settings.gallery_url)
-    # Import torch and load the model while the page is already up: the first
-    # click then waits on the engine's lock instead of the page on the model.
-    threading.Thread(target=_warm_up, args=(studio,), daemon=True).start()
-    print(f"Atelier on http://{settings.host}:{settings.port} · model {settings.model} · data {settings.data_dir}", flush=True)
-    accounts = users.count_users()
-    if accounts:
-        print(f"{accounts} account{'s' if accounts > 1 else ''}: everyone logs in.", flush=True)
-    else:
-        print("No accounts: single-user studio; add one with `atelier user add NAME`", flush=True)
+    services = build_services(settings)
     try:
-        launch(studio, users=users)
+        # Import torch and load the model while the page is already up: the first
+        # click then waits on the engine's lock instead of the page on the model.
+        threading.Thread(target=_warm_up, args=(services.studio,), daemon=True).start()
+        print(f"Atelier on http://{settings.host}:{settings.port} · model {settings.model} · data {settings.data_dir}",
+              flush=True)
+        accounts = services.users.count_users()
+        if accounts:
+            print(f"{accounts} account{'s' if accounts > 1 else ''}: everyone logs in.", flush=True)
+        else:
+            print("No accounts: single-user studio; add one with `atelier user add NAME`", flush=True)
+        launch(services.studio, users=services.users)
     finally:
-        users.close()
-        studio.close()
+        services.close()

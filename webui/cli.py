@@ -322,9 +322,10 @@ def _generation_ids(text: str) -> list[int] | None:
 
 def _gallery(args: argparse.Namespace, settings: Settings) -> int:
     """The `gallery` commands: storage only, so none of them waits for torch."""
-    from storage import Gallery, StorageError
+    from storage import StorageError
     from storage.export import export_board, export_zip
     from webui.imports import MetadataError, import_png
+    from webui.services import build_services
 
     try:
         if args.gallery_command == "import":
@@ -339,7 +340,8 @@ def _gallery(args: argparse.Namespace, settings: Settings) -> int:
             ids = _generation_ids(args.ids)
             if ids is None:
                 return _fail(f"--ids must be generation ids separated by commas, like 1,2,3; got {args.ids!r}.")
-        with Gallery(url=settings.gallery_url, data_dir=settings.data_dir) as gallery:
+        with build_services(settings) as services:
+            gallery = services.gallery
             if args.gallery_command in ("list", "search"):
                 if args.gallery_command == "list":
                     records = gallery.list(limit=args.limit)
@@ -372,15 +374,15 @@ def _gallery(args: argparse.Namespace, settings: Settings) -> int:
 
 def _user(args: argparse.Namespace, settings: Settings) -> int:
     """The `user` commands: storage only, like `gallery`."""
-    from storage import StorageError, Users
+    from storage import StorageError
+    from webui.services import build_services
 
     password = _new_password()
     if password is None:
         return _fail("the two passwords differ.")
     try:
-        if not settings.database_url:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        with Users(url=settings.gallery_url) as users:
+        with build_services(settings) as services:
+            users = services.users
             if args.user_command == "add":
                 added = users.add_user(args.name, password, admin=args.admin)
                 print(f"added {'admin ' if added.is_admin else ''}account {added.name}")
@@ -409,12 +411,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: `atelier --help` should not wait for torch.
     from pipelines.errors import ModelError
     from storage import RecordNotFound
-    from webui.studio import Studio, StudioError
+    from webui.errors import StudioError
+    from webui.services import build_services
 
     if args.command == "generate":
         request = _generate_request(args, settings)
 
-    studio = Studio.from_settings(settings)
+    services = build_services(settings)
+    studio = services.studio
     progress = _progress_printer(quiet=args.json or not sys.stderr.isatty())
     try:
         if args.command == "generate":
@@ -448,7 +452,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"atelier: {error}", file=sys.stderr)
         return 1
     finally:
-        studio.close()
+        services.close()
 
 
 if __name__ == "__main__":

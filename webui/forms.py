@@ -26,7 +26,7 @@ from pipelines.requests import (
     Text2ImgRequest,
     random_seed,
 )
-from webui.settings import model_defaults
+from webui.models import model_defaults
 
 TASKS = tuple(REQUEST_TYPES)
 

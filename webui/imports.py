@@ -38,27 +38,20 @@ diffusers', which is most of the work here, so the parsers below are our own.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-import struct
-import warnings
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image
-
 from pipelines.requests import MAX_SEED, GenerationRequest, RequestError, Text2ImgRequest, request_from_dict
+from storage.pngmeta import NotPng, PngMetadataError, read_png_metadata
 
 # Generous for every tool's real chunks (a large ComfyUI graph is tens of KB);
 # Pillow bounds compressed chunks at 1 MiB but plain tEXt not at all.
 MAX_CHUNK_CHARS = 1_000_000
-# Far above any generator's output, and below what makes decoding a hazard.
-MAX_PIXELS = 64 * 1024 * 1024
 _MAX_SHOWN = 1_000  # characters of one unmapped value
 _MAX_HOPS = 32  # links followed from a sampler node before giving up
 
@@ -104,30 +97,13 @@ def import_chunks(chunks: Mapping[str, str]) -> ImportedRequest:
 
 
 def read_text_chunks(source: str | Path | bytes | IO[bytes]) -> dict[str, str]:
-    """Every text chunk (tEXt, zTXt, iTXt) of a PNG, by keyword."""
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
+    """Every text chunk (tEXt, zTXt, iTXt) of a PNG, by keyword, as storage/pngmeta.py reads them."""
     try:
-        with warnings.catch_warnings():
-            # MAX_PIXELS below is the stricter limit; Pillow's own warning would only repeat it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(source)
-    except FileNotFoundError:
-        raise MetadataError(f"{source} does not exist.") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise MetadataError(f"The file is not an image Atelier can read: {error}") from None
-    with image:
-        if image.format != "PNG":
-            raise MetadataError(f"The file is a {image.format} image; Atelier reads metadata from PNG files only.")
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise MetadataError(f"The PNG is {width}x{height} pixels; Atelier reads at most {MAX_PIXELS:,} pixels.")
-        try:
-            image.load()  # chunks after the image data are only read with the pixels
-            text = getattr(image, "text", {})
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as error:
-            raise MetadataError(f"The PNG is damaged and could not be read: {error}") from None
-        return {str(key): str(value) for key, value in text.items()}
+        return read_png_metadata(source)
+    except NotPng as error:
+        raise MetadataError(f"The file is a {error.format} image; Atelier reads metadata from PNG files only.") from None
+    except PngMetadataError as error:
+        raise MetadataError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pipelines.errors import ModelError
 from pipelines.progress import ProgressFn
 from pipelines.requests import GenerationRequest, RequestError
 from storage import GenerationRecord, StorageError, Users
-from webui.studio import RerunOutcome, Studio, StudioError
+from webui.errors import StudioError
+from webui.studio import RerunOutcome, Studio
 from webui.workers import JobFailed, Ticket
 
 # Handlers beyond the queue's capacity that can run at once, each to say "the queue is full".
@@ -36,11 +37,21 @@ def ordinal(number: int) -> str:
 
 
 class Jobs:
-    def __init__(self, studio: Studio) -> None:
+    """This process's waiting sessions: the tickets of the jobs each queued, so only it sees and cancels them.
+
+    `users` are the accounts (who may act on everyone's records); the app
+    hands in its services' own, and a studio on its own (a test) gets a
+    connection of its own here.
+    """
+
+    def __init__(self, studio: Studio, *, users: Users | None = None) -> None:
         self.studio = studio
+        self.settings = studio.settings
+        self.gallery = studio.gallery
+        self.workers = studio.workers
+        self.users = users if users is not None else Users(url=studio.settings.gallery_url)
         self._sessions: dict[str, list[Ticket]] = {}
         self._lock = threading.Lock()
-        self._users: Users | None = None
 
     @property
     def gpu_event(self) -> dict[str, Any]:
@@ -53,14 +64,14 @@ class Jobs:
         first served instead of round robin between users, positions that
         are not the queue's, and a refusal that waits for a free handler.
         """
-        settings = self.studio.settings
+        settings = self.settings
         limit = settings.queue_limit + settings.gpu_workers + REFUSALS_AT_ONCE
         return {"concurrency_id": "gpu", "concurrency_limit": limit}
 
     def user(self, request: gr.Request | None) -> str:
         # Logged-in name when the studio has accounts, else the settings' user.
         username = getattr(request, "username", None) if request is not None else None
-        return username or self.studio.settings.user
+        return username or self.settings.user
 
     def is_admin(self, request: gr.Request | None) -> bool:
         """Whether this session may act on everyone's records.
@@ -76,14 +87,6 @@ class Jobs:
         username = getattr(request, "username", None) if request is not None else None
         return username is not None and users.is_admin(username)
 
-    @property
-    def users(self) -> Users:
-        """The accounts, opened on first use: of the tabs, only a delete reads them."""
-        with self._lock:
-            if self._users is None:
-                self._users = Users(url=self.studio.settings.gallery_url)
-            return self._users
-
     def submit(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn,
                watch: Callable[[Ticket], None] | None = None) -> GenerationRecord:
         """Queue a request for this session, wait for its turn and its run; the ended record (or gr.Error).
@@ -93,7 +96,7 @@ class Jobs:
         user = self.user(request)
 
         def enqueue() -> Ticket:
-            ticket = self.studio.workers.enqueue(generation, user=user)
+            ticket = self.workers.enqueue(generation, user=user)
             if watch is not None:
                 watch(ticket)
             return ticket
@@ -138,7 +141,7 @@ class Jobs:
             raise gr.Error(str(error)) from None
         user = self.user(request)
         record = self._wait(
-            request, lambda: self.studio.workers.enqueue(generation, user=user, parent_id=parent.id), progress
+            request, lambda: self.workers.enqueue(generation, user=user, parent_id=parent.id), progress
         )
         return self.studio.compare(parent, record)
 
@@ -152,11 +155,11 @@ class Jobs:
             if key:
                 self._sessions.setdefault(key, []).append(ticket)
         try:
-            return ticket.wait(self.studio.gallery, waiting=_show_place, progress=progress)
+            return ticket.wait(self.gallery, waiting=_show_place, progress=progress)
         except JobFailed as error:
             raise gr.Error(str(error)) from None
         finally:
-            self.studio.workers.forget(ticket)
+            self.workers.forget(ticket)
             with self._lock:
                 if key and ticket in self._sessions.get(key, ()):
                     self._sessions[key].remove(ticket)
@@ -173,7 +176,7 @@ class Jobs:
         for ticket in tickets:
             try:
                 # The session's own job, queued under its own user.
-                said = self.studio.workers.cancel(ticket, by=self.user(request), is_admin=False)
+                said = self.workers.cancel(ticket, by=self.user(request), is_admin=False)
             except StorageError as error:
                 raise gr.Error(str(error)) from None
             gr.Info(said)

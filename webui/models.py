@@ -1,6 +1,6 @@
 """The models a studio offers: the embedded one, the one it was started with, and a list in the data folder.
 
-``models.json`` (or the file ``ATELIER_MODELS_FILE`` names) is a list of
+``models.json`` in the data folder (or the file ``ATELIER_MODELS_FILE`` names) is a list of
 entries, each with a ``name`` people pick, a ``source`` the engine loads (a
 hub id, a diffusers folder or a single ``.safetensors`` file), its family
 and the settings it is meant to run at::
@@ -15,22 +15,36 @@ rerun loads the same weights, or says they are gone.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import embedded
 from pipelines.requests import MAX_GUIDANCE, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from pipelines.samplers import SAMPLER_NAMES
+from webui.settings import Settings
 
 FAMILIES = ("embedded", "sd", "sdxl", "flux")
 
-# What each family is meant to run at when its entry does not say.
+# What each family is meant to run at when its entry does not say; the
+# embedded model's own settings are on its card (pipelines/embedded).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd": {"sampler": "DPM++ 2M", "num_inference_steps": 25, "width": 512, "height": 512, "guidance_scale": 7.0},
     "sdxl": {"sampler": "DPM++ 2M", "num_inference_steps": 30, "width": 1024, "height": 1024, "guidance_scale": 6.0},
     "flux": {"sampler": "Euler", "num_inference_steps": 28, "width": 1024, "height": 1024, "guidance_scale": 3.5},
 }
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Size, steps, guidance, sampler and a first prompt for a model named before anything is loaded.
+
+    The embedded model's come from its card; any other model starts from the
+    SD family's, whatever it turns out to be (a tab's fields, or the CLI's
+    options left out).
+    """
+    if model == "embedded":
+        return embedded.defaults()
+    return {**FAMILY_DEFAULTS["sd"], "prompt": ""}
 
 
 class ModelListError(ValueError):
@@ -57,18 +71,20 @@ class ModelEntry:
         return self.family != "flux"  # FLUX's guidance is distilled into the model
 
 
-def models_file(data_dir: Path) -> Path:
-    return Path(os.environ.get("ATELIER_MODELS_FILE") or data_dir / "models.json")
+def studio_models(settings: Settings) -> list[ModelEntry]:
+    """The models a studio with these settings offers (see `load_models`)."""
+    return load_models(settings.data_dir, settings.model, file=settings.models_file)
 
 
-def load_models(data_dir: Path, started_with: str = "embedded") -> list[ModelEntry]:
-    """The embedded model first, the model the studio was started with, then the list's entries."""
-    from pipelines import embedded
+def load_models(data_dir: Path, started_with: str = "embedded", *, file: str | Path = "") -> list[ModelEntry]:
+    """The embedded model first, the model the studio was started with, then the list's entries.
 
-    own = embedded.defaults()
+    The list is `file` (settings' `models_file`), else the data folder's models.json.
+    """
+    own = model_defaults("embedded")
     entries = [ModelEntry("embedded", "embedded", "embedded", own["sampler"], own["num_inference_steps"],
                           own["width"], own["height"], float(own["guidance_scale"]))]
-    path = models_file(data_dir)
+    path = Path(file) if file else data_dir / "models.json"
     if path.is_file():
         try:
             listed = json.loads(path.read_text())

@@ -11,7 +11,7 @@ import getpass
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 
 class SettingsError(ValueError):
@@ -45,6 +45,7 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str = ""  # empty: SQLite in the data folder
     model: str = "embedded"
+    models_file: str = ""  # the model list (webui/models.py); empty: the data folder's models.json
     host: str = "127.0.0.1"
     port: int = 7860
     device: str = ""  # empty: CUDA, then Apple MPS, then CPU
@@ -123,11 +124,3 @@ class Settings:
         changes = {name: value for name, value in changes.items() if value is not None}
         return dataclasses.replace(self, **changes)
 
-
-def model_defaults(model: str) -> dict[str, Any]:
-    """Size, steps, guidance and sampler a model is meant to run at."""
-    if model == "embedded":
-        from pipelines import embedded
-
-        return embedded.defaults()
-    return {"width": 512, "height": 512, "num_inference_steps": 25, "guidance_scale": 7.0, "sampler": "DPM++ 2M", "prompt": ""}

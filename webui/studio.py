@@ -23,11 +23,13 @@ from pipelines.progress import CancelToken, ProgressFn
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
 from pipelines.sources import resolve_source
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
+from webui.errors import QueueFull, StudioError
+from webui.models import ModelListError, find, guess_family, studio_models
 from webui.settings import Settings
+from webui.workers import Workers
 
 if TYPE_CHECKING:  # the engine module imports torch; the page should not wait for it
     from pipelines.engine import Engine
-    from webui.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +58,6 @@ def explain_difference(parent: GenerationRecord, child: GenerationRecord) -> lis
     return reasons
 
 
-class StudioError(RuntimeError):
-    """A run the studio could not do for a reason a person can act on; the message says what to do."""
-
-
-class QueueFull(StudioError):
-    """The queue holds `queue_limit` jobs already; nothing was written."""
-
-
 OUT_OF_MEMORY = "Out of GPU memory; try a smaller size or batch."
 
 
@@ -87,7 +81,11 @@ class Studio:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
-        """Wire the services once, at start-up."""
+        """A studio on a gallery of its own, for a script or a test that needs no accounts.
+
+        A process builds all its services at once with webui.services.build_services,
+        where the gallery and the accounts share one database.
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         gallery = Gallery(url=settings.gallery_url, data_dir=settings.data_dir, lease_seconds=settings.lease_seconds)
         return cls(settings=settings, gallery=gallery)
@@ -118,12 +116,16 @@ class Studio:
 
     @property
     def workers(self) -> Workers:
-        """The GPU workers that run queued jobs (`settings.gpu_workers` threads); made on first use, not started."""
+        """The GPU workers that run queued jobs (`settings.gpu_workers` threads); made on first use, not started.
+
+        They are handed the calls they make, the studio's and the gallery's,
+        not the studio: webui/workers.py imports nothing of this module.
+        """
         with self._workers_lock:
             if self._workers is None:
-                from webui.workers import Workers
-
-                self._workers = Workers(self, count=self.settings.gpu_workers)
+                gallery = self.gallery
+                self._workers = Workers(count=self.settings.gpu_workers, enqueue=self.enqueue, run=self.run_job,
+                                        claim=gallery.claim_next, queued=gallery.queued, cancel=gallery.cancel)
             return self._workers
 
     def close(self) -> None:
@@ -208,13 +210,11 @@ class Studio:
             ip_adapter.find(family, folders.get(family) or None)
 
     def _family(self, model: str) -> str:
-        from webui.models import ModelListError, find, guess_family, load_models
-
         known = self._engine.family_of(model) if self._engine is not None else None
         if known is not None:
             return known
         try:
-            entry = find(load_models(self.settings.data_dir, self.settings.model), model)
+            entry = find(studio_models(self.settings), model)
         except ModelListError:  # the picker says what is wrong with the list; a guess will do here
             entry = None
         family = entry.family if entry is not None else guess_family(model)

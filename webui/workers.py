@@ -17,15 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipelines.errors import ModelError
 from pipelines.progress import CancelToken
 from pipelines.requests import GenerationRequest, RequestError
 from storage import Gallery, GenerationRecord, LeaseLost, NotAllowed, RecordNotFound, StorageError
-
-if TYPE_CHECKING:
-    from webui.studio import Studio
+from webui.errors import StudioError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +158,13 @@ class Ticket:
 
 
 class Workers:
-    """`count` threads that claim queued jobs, in the queue's order, and run them with `Studio.run_job`.
+    """`count` threads that claim queued jobs, in the queue's order, and run them.
+
+    They are handed the five calls they make, not the services behind them:
+    `enqueue` records a request as a queued job or refuses it (the studio's
+    `enqueue`), `run` runs a claimed job to its end (the studio's
+    `run_job`), and `claim`, `queued` and `cancel` are the gallery's
+    `claim_next`, `queued` and `cancel`.
 
     Jobs queued before a restart, by another process or by a requeue are
     claimed like any other; nobody waits for them here, so their end is
@@ -168,9 +172,20 @@ class Workers:
     for such jobs; a job queued through `enqueue` wakes one at once.
     """
 
-    def __init__(self, studio: Studio, *, count: int, idle_seconds: float = 1.0) -> None:
-        self.studio = studio
+    def __init__(
+        self,
+        *,
+        count: int,
+        enqueue: Callable[..., GenerationRecord],
+        run: Callable[..., GenerationRecord],
+        claim: Callable[[], GenerationRecord | None],
+        queued: Callable[..., list[GenerationRecord]],
+        cancel: Callable[..., GenerationRecord],
+        idle_seconds: float = 1.0,
+    ) -> None:
         self.count = count
+        self._enqueue, self._run_job = enqueue, run
+        self._claim, self._queued, self._cancel = claim, queued, cancel
         self._idle_seconds = idle_seconds
         self._tickets: dict[int, Ticket] = {}
         self._lock = threading.Lock()
@@ -192,12 +207,12 @@ class Workers:
             thread.start()
 
     def enqueue(self, request: GenerationRequest, *, user: str, parent_id: int | None = None) -> Ticket:
-        """Queue a request (Studio.enqueue: nothing is written if it is refused) and return its ticket."""
+        """Queue a request (`enqueue`: nothing is written if it is refused) and return its ticket."""
         self.start()
         with self._lock:
             # Under the lock: a worker that claims the job at once finds this
             # ticket rather than making one that nobody waits on.
-            record = self.studio.enqueue(request, user=user, parent_id=parent_id)
+            record = self._enqueue(request, user=user, parent_id=parent_id)
             ticket = self._tickets[record.id] = Ticket(record.id, watched=True)
         self.moved()
         return ticket
@@ -213,7 +228,7 @@ class Workers:
         # First the token: a worker that claims the job from now on stops before its first step.
         ticket.cancel.cancel()
         try:
-            record = self.studio.gallery.cancel(ticket.generation_id, by=by, is_admin=is_admin)
+            record = self._cancel(ticket.generation_id, by=by, is_admin=is_admin)
         except (NotAllowed, RecordNotFound):
             raise
         except StorageError:  # it started running meanwhile; the token stops it
@@ -235,7 +250,7 @@ class Workers:
             if not waiting:
                 return
             try:
-                queued = self.studio.gallery.queued(limit=_PLACES_READ)
+                queued = self._queued(limit=_PLACES_READ)
             except Exception:  # the sessions ask the gallery themselves
                 log.exception("Could not read the queue's order.")
                 queued = []
@@ -268,7 +283,7 @@ class Workers:
             # Cleared before the claim, so a job queued after the claim looked still wakes the wait below.
             self._work_arrived.clear()
             try:
-                record = self.studio.gallery.claim_next()
+                record = self._claim()
             except Exception:  # the database out of reach, say: try again, the queue is still there
                 log.exception("Could not take a job from the queue; trying again.")
                 record = None
@@ -290,11 +305,9 @@ class Workers:
                     self.forget(ticket)
 
     def _run(self, ticket: Ticket, record: GenerationRecord) -> None:
-        from webui.studio import StudioError
-
         try:
             preview = ticket.preview if ticket.watched else None
-            ended = self.studio.run_job(record, progress=ticket.step, cancel=ticket.cancel, preview=preview)
+            ended = self._run_job(record, progress=ticket.step, cancel=ticket.cancel, preview=preview)
         except LeaseLost as error:
             # The job was marked interrupted (this process stalled past its lease);
             # whoever waits is told, and the gallery offers a requeue.

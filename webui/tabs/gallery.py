@@ -15,14 +15,19 @@ import datetime as dt
 import os
 import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from PIL import Image, ImageDraw
 
 from pipelines.requests import random_seed
-from storage import GenerationRecord, RecordNotFound, StorageError
+from storage import Gallery, GenerationRecord, RecordNotFound, StorageError
 from storage.export import export_board, export_zip
 from webui.jobs import Jobs, ordinal
+from webui.settings import Settings
+from webui.workers import Workers
 
 PAGE_SIZE = 24
 ANY = "any"
@@ -84,8 +89,18 @@ def lineage(record: GenerationRecord, children: list[GenerationRecord]) -> str:
     return " · ".join(parts)
 
 
-def build(jobs: Jobs) -> dict[str, Any]:
-    gallery = jobs.studio.gallery
+@dataclass(frozen=True)
+class GalleryHandles:
+    """What webui/app.py wires from the gallery tab."""
+
+    refresh: Callable[[], tuple]  # the newest page, for `outputs`: on page load and after each generation
+    outputs: list[gr.components.Component]
+    load: Callable[[float | None], GenerationRecord]  # a record by the id in `record_id` (gr.Error if none)
+    send_button: gr.Button  # "Send to Text to image"
+    record_id: gr.Number
+
+
+def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers) -> GalleryHandles:
 
     # -- functions --------------------------------------------------------
 
@@ -101,10 +116,8 @@ def build(jobs: Jobs) -> dict[str, Any]:
 
     def placeholder(status: str) -> str:
         """A tile for a generation with no image (queued, running, failed, cancelled, interrupted), made once."""
-        path = jobs.studio.settings.data_dir / "placeholders" / f"{status}.png"
+        path = settings.data_dir / "placeholders" / f"{status}.png"
         if not path.is_file():
-            from PIL import Image, ImageDraw
-
             path.parent.mkdir(exist_ok=True)
             tile = Image.new("RGB", (128, 128), (225, 225, 225))
             ImageDraw.Draw(tile).text((12, 56), status, fill=(90, 90, 90))
@@ -269,7 +282,6 @@ def build(jobs: Jobs) -> dict[str, Any]:
         """Queue an interrupted, failed or cancelled generation again, as its child; its owner or an admin only."""
         record = load(record_id)
         again = guarded(lambda: gallery.requeue(record.id, by=jobs.user(request), is_admin=jobs.is_admin(request)))
-        workers = jobs.studio.workers
         workers.start()
         workers.moved()  # an idle worker takes it now rather than at its next look
         return view(gallery.get(again.id), f"Queued again as #{again.id}, a child of #{record.id}; it runs when its "
@@ -303,7 +315,7 @@ def build(jobs: Jobs) -> dict[str, Any]:
 
     def export(board: str | None, ids: list[int]) -> str:
         """The chosen board, or else the records on this page, as a ZIP to download."""
-        folder = jobs.studio.settings.data_dir / "exports"
+        folder = settings.data_dir / "exports"
         folder.mkdir(exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         try:
@@ -424,4 +436,4 @@ def build(jobs: Jobs) -> dict[str, Any]:
     requeue_event = requeue_button.click(requeue, inputs=record_id, outputs=record_view, api_name="requeue")
     for event in (rerun_event, variations_event, requeue_event):
         event.success(newest, outputs=refresh, api_visibility="private")
-    return {"refresh": newest, "outputs": refresh, "send_button": send_button, "record_id": record_id, "load": load}
+    return GalleryHandles(refresh=newest, outputs=refresh, load=load, send_button=send_button, record_id=record_id)

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines import lora as lora_files
 from pipelines.images import load_image
 from pipelines.requests import MAX_SEED, ImageRef, RequestError
 
@@ -21,7 +22,6 @@ NO_VARIATION = -1
 
 def lora_and_reference(loras_folder) -> dict[str, gr.components.Component]:
     """An accordion with the LoRA picker, their weights, and the IP-Adapter reference image."""
-    from pipelines import lora as lora_files
 
     def listed() -> list[str]:
         return [f.name for f in lora_files.available(loras_folder) if f.problem is None]

@@ -1,8 +1,7 @@
-"""The Text-to-image tab: prompt in, images out, every one kept in the gallery."""
+"""The Text-to-image tab: prompt in, images out, every one kept in the gallery (API names ``/txt2img``,
+``/cancel``, ``/import_png``)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import gradio as gr
 
@@ -18,23 +17,20 @@ from pipelines.requests import (
 )
 from pipelines.samplers import SAMPLER_NAMES
 from webui.imports import MetadataError, import_png
-from webui.jobs import Jobs
-from webui.settings import model_defaults
+from webui.models import model_defaults
+from webui.settings import Settings
 from webui.tabs import style
-from webui.tabs.common import model_family, model_source, outputs_panel, record_details, record_summary
-
+from webui.tabs.common import TabHandles, model_family, outputs_panel, record_details, record_summary
+from webui.tabs.runner import Runner
 
 # The request fields this tab shows, in the order of its widgets.
 FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidance_scale", "width", "height", "seed",
           "batch_size")
 
 
-def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.components.Component]:
-    studio = jobs.studio
-    defaults = model_defaults(studio.settings.model)
-    from webui.models import load_models
-
-    models = load_models(studio.settings.data_dir, studio.settings.model)
+def build(settings: Settings, runner: Runner) -> TabHandles:
+    defaults = model_defaults(settings.model)
+    models = runner.models
 
     # -- functions --------------------------------------------------------
 
@@ -54,7 +50,7 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 height=int(height),
                 seed=random_seed() if seed == -1 else seed,
                 batch_size=int(batch_size),
-                model=model_source(models, model_name, studio.settings.model),
+                model=runner.model_source(model_name),
                 **style.request_fields(lora_names, lora_weights, reference, reference_scale, variation_seed,
                                        variation_strength, refiner, refiner_switch),
             )
@@ -68,20 +64,17 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
         for number in range(count):
             seeds_so_far = number * first.batch_size
             text2img = first.replace(seed=(first.seed + seeds_so_far) % (MAX_SEED + 1))
-            desc = f"Batch {number + 1} of {count}: denoising" if count > 1 else "Denoising"
-            progress((0, text2img.num_inference_steps), desc=desc, unit="steps")
-            for kind, value in jobs.follow(
-                text2img, request=request,
-                progress=lambda step, total, desc=desc: progress((step, total), desc=desc, unit="steps"),
-            ):
-                if kind == "preview":
-                    yield paths + [value], f"Forming… (batch {number + 1} of {count})", gr.update(), gr.update()
-            record = value
+            note = f"Forming… (batch {number + 1} of {count})"
+            # The earlier batches' images, then this one's picture as it forms.
+            record = yield from runner.follow(
+                text2img, request=request, progress=progress,
+                desc=f"Batch {number + 1} of {count}: denoising" if count > 1 else "Denoising",
+                shown=lambda picture, before=list(paths), note=note: (before + [picture], note, gr.update(), gr.update()),
+            )
             records.append(record)
             if record.status == "cancelled":
-                gr.Info(f"Cancelled; record #{record.id} kept as cancelled.")
                 break
-            paths += [str(studio.gallery.path(image.path)) for image in record.outputs]
+            paths += runner.paths(record)
         last = records[-1]
         if last.status == "cancelled":
             yield paths, f"**Record #{last.id}** · cancelled", record_details(last), first.seed
@@ -143,33 +136,31 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
-            styled = style.lora_and_reference(studio.settings.loras_folder)
-            refiner_box, refined = style.refiner(models, visible=model_family(models, studio.settings.model) == "sdxl")
+            styled = style.lora_and_reference(settings.loras_folder)
+            refiner_box, refined = style.refiner(models, visible=model_family(models, settings.model) == "sdxl")
             with gr.Accordion("Batches and variations", open=False):
                 with gr.Row():
                     batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count (seeds continue)")
                     varied = style.variations()
         with gr.Column(scale=5):
-            shown = outputs_panel(height=420)
-            generate_button, cancel_button = shown["run"], shown["cancel"]
-            images, summary, details = shown["images"], shown["summary"], shown["details"]
+            panel = outputs_panel(height=420)
     last_seed = gr.State(None)
 
     # -- events -----------------------------------------------------------
 
     generated = gr.on(
-        [generate_button.click, prompt.submit],
+        [panel.run.click, prompt.submit],
         generate,
         inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                batch_count, *varied.values(), *styled.values(), picker if picker is not None else gr.State(None),
+                batch_count, *varied.values(), *styled.values(), runner.model_input(),
                 *refined.values()],  # inputs added later go last: API clients' positional calls keep working
-        outputs=[images, summary, details, last_seed],
+        outputs=[panel.images, panel.summary, panel.details, last_seed],
         api_name="txt2img",
         concurrency_id="gpu",
-        concurrency_limit=studio.settings.gpu_workers,
+        concurrency_limit=runner.gpu_workers,
     )
     # Queued, as every event that can say something: Gradio shows an unqueued event's messages as a bare badge.
-    cancel_button.click(jobs.cancel, api_name="cancel")
+    panel.cancel.click(runner.jobs.cancel, api_name="cancel")
     random_button.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     reuse_button.click(lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False,
                        api_visibility="private")
@@ -179,5 +170,5 @@ def build(jobs: Jobs, picker: gr.Dropdown | None = None) -> dict[str, gr.compone
     dropped.upload(import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary],
                    api_name="import_png"
                    ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
-    return {"generated": generated, "fields": fields, "styles": styles, "negative_prompt": negative_prompt,
-            "refiner_box": refiner_box}
+    return TabHandles(generated=generated, negative_prompt=negative_prompt, refiner_box=refiner_box, fields=fields,
+                      styles=styles)
