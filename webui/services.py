@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
 
 from storage import Database, Gallery, Users
 from webui.settings import Settings
@@ -30,7 +29,7 @@ class Services:
     studio: Studio
     workers: Workers  # the studio's; not started (the app starts them, a CLI run never queues)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Services:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
