@@ -267,6 +267,9 @@ class Workers:
                     return
             # Cleared before the claim, so a job queued after the claim looked still wakes the wait below.
             self._work_arrived.clear()
+            if self.studio.gpu_status() is not None:  # a Ray pool out of reach: the jobs wait in the queue
+                self._work_arrived.wait(self._idle_seconds)
+                continue
             try:
                 record = self.studio.gallery.claim_next()
             except Exception:  # the database out of reach, say: try again, the queue is still there
@@ -291,6 +294,7 @@ class Workers:
 
     def _run(self, ticket: Ticket, record: GenerationRecord) -> None:
         from pipelines.engine import ModelError
+        from webui.executors import GpuWorkerLost
         from webui.studio import StudioError
 
         try:
@@ -301,6 +305,9 @@ class Workers:
             # whoever waits is told, and the gallery offers a requeue.
             log.warning("Generation %s was interrupted while it ran: %s", record.id, error)
             ticket.failed(f"Generation {record.id} was interrupted: {error}")
+        except GpuWorkerLost as error:
+            log.warning("Generation %s was interrupted: its GPU worker went away.", record.id)
+            ticket.failed(f"Generation {record.id}: {error}")
         except (ModelError, RequestError, StudioError) as error:
             ticket.failed(str(error))
         except Exception as error:
