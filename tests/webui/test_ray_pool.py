@@ -24,8 +24,8 @@ from .conftest import wait_until
 pytestmark = pytest.mark.timeout(900)
 
 
-def _request(seed: int, *, steps: int = 4) -> Text2ImgRequest:
-    return Text2ImgRequest(prompt=f"a red cube {seed}", seed=seed, model="embedded", width=64, height=64,
+def _request(seed: int, *, steps: int = 4, size: int = 64) -> Text2ImgRequest:
+    return Text2ImgRequest(prompt=f"a red cube {seed}", seed=seed, model="embedded", width=size, height=size,
                            num_inference_steps=steps, guidance_scale=5.0, sampler="Euler")
 
 
@@ -89,7 +89,7 @@ def test_jobs_from_two_users_land_exactly_once_in_fair_order(tmp_path, pool, ray
 def test_cancel_reaches_a_job_running_on_a_replica(tmp_path, pool, ray_cluster):
     studio = _studio(tmp_path, pool)
     try:
-        ticket = studio.workers.enqueue(_request(30, steps=1000), user="ada")
+        ticket = studio.workers.enqueue(_request(30, steps=150, size=256), user="ada")
         steps: list[int] = []
         waiter = threading.Thread(target=lambda: _wait(ticket, studio, steps), daemon=True)
         waiter.start()
@@ -98,7 +98,7 @@ def test_cancel_reaches_a_job_running_on_a_replica(tmp_path, pool, ray_cluster):
         studio.workers.cancel(ticket, by="ada", is_admin=False)
         waiter.join(60)
         assert studio.gallery.get(ticket.generation_id).status == "cancelled"
-        # The replica stopped too: both replicas take new jobs at once, long before 1000 steps could end.
+        # The replica stopped too: both replicas take new jobs at once, long before 150 steps at 256x256 could end.
         again = [studio.enqueue(_request(40 + n), user="ada") for n in range(2)]
         wait_until(lambda: all(studio.gallery.get(r.id).status == "succeeded" for r in again), what="two jobs",
                    timeout=60)
@@ -118,7 +118,7 @@ def _wait(ticket, studio, steps):
 def test_a_replica_killed_mid_job_leaves_one_interrupted_row_and_loses_none(tmp_path, pool, ray_cluster):
     studio = _studio(tmp_path, pool)
     try:
-        ticket = studio.workers.enqueue(_request(50, steps=1000), user="ada")
+        ticket = studio.workers.enqueue(_request(50, steps=150, size=256), user="ada")
         steps: list[int] = []
         waiter = threading.Thread(target=lambda: _wait(ticket, studio, steps), daemon=True)
         waiter.start()
