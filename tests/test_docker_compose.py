@@ -291,3 +291,34 @@ def test_broken_compose_file_is_rejected(compose_bin: Path, tmp_path: Path, muta
         f"compose accepted a broken file:\n{proc.stdout}\n{proc.stderr}"
     )
     assert proc.stderr.strip(), "non-zero exit without an error message"
+
+
+# --------------------------------------------------------------------------- #
+# The `cluster` profile: PostgreSQL, a Ray head, GPU workers, the studio on Ray
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="session")
+def cluster(compose_bin: Path) -> dict:
+    proc = subprocess.run(
+        [str(compose_bin), "-f", str(COMPOSE_FILE), "--profile", "cluster", "config", "--format", "json"],
+        capture_output=True, text=True, timeout=120, cwd=COMPOSE_FILE.parent, env=_clean_env(),
+    )
+    assert proc.returncode == 0, f"`docker compose --profile cluster config` exited {proc.returncode}:\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def test_cluster_profile_is_valid_and_beside_the_default(cluster: dict) -> None:
+    assert {"atelier", "postgres", "ray-head", "ray-gpu-worker", "studio"} <= set(cluster["services"])
+
+
+def test_cluster_studio_runs_on_ray_with_postgres(cluster: dict) -> None:
+    env = cluster["services"]["studio"]["environment"]
+    assert env["ATELIER_EXECUTOR"] == "ray"
+    assert env["ATELIER_RAY_ADDRESS"] == "ray-head:6379"
+    assert env["ATELIER_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in env["ATELIER_DATABASE_URL"]
+
+
+def test_cluster_gpu_workers_reserve_every_gpu(cluster: dict) -> None:
+    devices = cluster["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert devices[0]["count"] == -1  # compose writes "all" as -1

@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 7860)")
     serve.add_argument("--model", help="'embedded', a diffusers folder, a .safetensors file or a hub id")
+    serve.add_argument("--executor", choices=("local", "ray"),
+                       help="local: this process's GPU (default); ray: a Ray Serve pool of GPUs")
+    serve.add_argument("--ray-address", help="HOST:PORT of the Ray head; default: start Ray here with this machine's GPUs")
 
     generate = command("generate", "Generate images and keep them in the gallery.")
     generate.add_argument("--prompt", required=True)
@@ -207,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from webui.app import serve
 
-            serve(settings.replace(host=args.host, port=args.port))
+            serve(settings.replace(host=args.host, port=args.port, executor=args.executor,
+                                   ray_address=args.ray_address))
             return 0
         if args.command == "gallery":
             return _gallery(args, settings)

@@ -12,3 +12,11 @@ class StudioError(RuntimeError):
 
 class QueueFull(StudioError):
     """The queue holds `queue_limit` jobs already; nothing was written."""
+
+
+class GpuWorkerLost(RuntimeError):
+    """The replica running a job went away after the job had started; the job is interrupted, not failed."""
+
+
+class GpuWorkersUnreachable(RuntimeError):
+    """The Ray cluster cannot be reached; nothing was sent."""

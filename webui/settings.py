@@ -63,6 +63,12 @@ class Settings:
     vae_tiling: str = "auto"  # auto (above 1536x1536), on or off
     cpu_offload: str = ""  # "1": keep model parts in CPU memory until used (small GPUs)
     compile: str = ""  # "1": torch.compile the UNet / transformer
+    queue_limit_per_user: int = 10  # queued jobs of one user at most, so one person cannot fill the queue for all
+    executor: str = "local"  # local: the engine in this process; ray: a Ray Serve pool (webui/executors.py)
+    ray_address: str = ""  # HOST:PORT of a Ray cluster's head; empty: start Ray here with all of this machine's GPUs
+    ray_min_replicas: int = 1  # replicas kept running while idle
+    ray_max_replicas: int = 0  # replicas at most (one per GPU); 0: one per GPU of the cluster when the pool starts
+    ray_threads: int = 0  # torch threads per replica; 0: torch's default (CPU-only pools and tests pin it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -74,6 +80,9 @@ class Settings:
             raise SettingsError(f"ATELIER_LEASE_SECONDS must be more than 0 seconds; got {self.lease_seconds:g}.")
         if self.queue_limit < 1:
             raise SettingsError(f"ATELIER_QUEUE_LIMIT must be at least 1; got {self.queue_limit}.")
+        if self.queue_limit_per_user < 1:
+            raise SettingsError(f"ATELIER_QUEUE_LIMIT_PER_USER must be at least 1; got {self.queue_limit_per_user}.")
+        _check_pool(self)
         if self.max_models < 1:
             raise SettingsError(f"ATELIER_MAX_MODELS must be at least 1; got {self.max_models}.")
         for name in ("cpu_offload", "compile"):
@@ -123,4 +132,26 @@ class Settings:
         """These settings with command-line overrides; ``None`` keeps a value."""
         changes = {name: value for name, value in changes.items() if value is not None}
         return dataclasses.replace(self, **changes)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def _check_pool(settings: Settings) -> None:
+    if settings.executor not in EXECUTORS:
+        raise SettingsError(f"ATELIER_EXECUTOR must be local or ray; got {settings.executor!r}.")
+    if settings.ray_address:
+        host, sep, port = settings.ray_address.rpartition(":")
+        if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise SettingsError(f"ATELIER_RAY_ADDRESS must be HOST:PORT with a port from 1 to 65535; "
+                                f"got {settings.ray_address!r}.")
+    if settings.ray_min_replicas < 0:
+        raise SettingsError(f"ATELIER_RAY_MIN_REPLICAS must be 0 or more; got {settings.ray_min_replicas}.")
+    if settings.ray_max_replicas < 0:
+        raise SettingsError(f"ATELIER_RAY_MAX_REPLICAS must be 0 (one per GPU) or more; got {settings.ray_max_replicas}.")
+    if settings.ray_max_replicas and settings.ray_min_replicas > settings.ray_max_replicas:
+        raise SettingsError(f"ATELIER_RAY_MIN_REPLICAS must be at most ATELIER_RAY_MAX_REPLICAS "
+                            f"({settings.ray_max_replicas}); got {settings.ray_min_replicas}.")
+    if settings.ray_threads < 0:
+        raise SettingsError(f"ATELIER_RAY_THREADS must be 0 (torch's default) or more; got {settings.ray_threads}.")
 

@@ -23,7 +23,8 @@ from pipelines.progress import CancelToken, ProgressFn
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
 from pipelines.sources import resolve_source
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
-from webui.errors import QueueFull, StudioError
+from webui.errors import GpuWorkerLost, QueueFull, StudioError
+from webui.executors import RayExecutor
 from webui.models import ModelListError, find, guess_family, studio_models
 from webui.settings import Settings
 from webui.workers import Workers
@@ -74,6 +75,7 @@ class Studio:
         self.settings = settings
         self.gallery = gallery
         self._engine = engine
+        self._owns_engine = engine is None
         self._engine_lock = threading.Lock()
         self._enqueue_lock = threading.Lock()  # the queue limit's count and the insert, as one step
         self._workers_lock = threading.Lock()
@@ -91,13 +93,15 @@ class Studio:
         return cls(settings=settings, gallery=gallery)
 
     @property
-    def engine(self) -> Engine:
-        """The engine, made on first use.
+    def engine(self) -> Engine | RayExecutor:
+        """The executor: the engine in this process, or the Ray pool (`settings.executor`); made on first use.
 
         Importing torch and diffusers takes seconds; the studio's page and the
         gallery need neither, so they come up without waiting for them.
         """
         with self._engine_lock:
+            if self._engine is None and self.settings.executor == "ray":
+                self._engine = RayExecutor.from_settings(self.settings)
             if self._engine is None:
                 from pipelines.engine import Engine
 
@@ -124,8 +128,12 @@ class Studio:
         with self._workers_lock:
             if self._workers is None:
                 gallery = self.gallery
-                self._workers = Workers(count=self.settings.gpu_workers, enqueue=self.enqueue, run=self.run_job,
-                                        claim=gallery.claim_next, queued=gallery.queued, cancel=gallery.cancel)
+                # A Ray pool runs as many jobs at once as it has replicas; the engine here, `gpu_workers`.
+                pool = self.engine if self.settings.executor == "ray" or self._engine is not None else None
+                count = pool.capacity if isinstance(pool, RayExecutor) else self.settings.gpu_workers
+                self._workers = Workers(count=count, enqueue=self.enqueue, run=self.run_job,
+                                        claim=gallery.claim_next, queued=gallery.queued, cancel=gallery.cancel,
+                                        blocked=self.gpu_status)
             return self._workers
 
     def close(self) -> None:
@@ -133,7 +141,18 @@ class Studio:
             workers = self._workers
         if workers is not None:
             workers.close()
+        if isinstance(self._engine, RayExecutor) and self._owns_engine:  # a pool handed in is its giver's to close
+            self._engine.close()
         self.gallery.close()
+
+    def gpu_status(self) -> str | None:
+        """Why no job can run now ("No GPU workers reachable: ..."), for the UI; None when they can."""
+        if self.settings.executor != "ray" and self._engine is None:
+            return None
+        executor = self.engine
+        if not isinstance(executor, RayExecutor):
+            return None
+        return None if executor.reachable() else executor.status()
 
     def submit(
         self,
@@ -161,7 +180,8 @@ class Studio:
         """Record a request as a queued job, with its input images; a GPU worker runs it when its turn comes.
 
         Raises ModelError for a model name that points nowhere and QueueFull
-        when `settings.queue_limit` jobs wait already; either way nothing is
+        when `settings.queue_limit` jobs wait already, or
+        `settings.queue_limit_per_user` of this user's; either way nothing is
         written.
         """
         # 1. Check before writing: the model must exist (loading it waits for
@@ -175,6 +195,10 @@ class Studio:
             waiting = self.gallery.count(status="queued")
             if waiting >= self.settings.queue_limit:
                 raise QueueFull(f"The queue is full ({waiting} jobs waiting); try again in a minute.")
+            mine = self.gallery.count(status="queued", user=user)
+            if mine >= self.settings.queue_limit_per_user:
+                raise QueueFull(f"You have {mine} jobs waiting, the most one person may queue; "
+                                "try again when one has run.")
             # 2. The row and its inputs land together, or not at all.
             try:
                 return self.gallery.enqueue(new, inputs=inputs)
@@ -271,6 +295,10 @@ class Studio:
             if out_of_memory:
                 # What the failed run left cached must not make the next one fail too.
                 self._free_memory()
+            if isinstance(error, GpuWorkerLost):  # not the job's fault: it may run again as it was
+                self.gallery.interrupt(record.id, error=str(error), environment=self.engine.environment(),
+                                       timings={**timings, "total_ms": _elapsed_ms(started)})
+                raise
             self.gallery.fail(
                 record.id,
                 status="cancelled" if stopped else "failed",

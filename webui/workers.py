@@ -23,7 +23,7 @@ from pipelines.errors import ModelError
 from pipelines.progress import CancelToken
 from pipelines.requests import GenerationRequest, RequestError
 from storage import Gallery, GenerationRecord, LeaseLost, NotAllowed, RecordNotFound, StorageError
-from webui.errors import StudioError
+from webui.errors import GpuWorkerLost, StudioError
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ class Workers:
     `enqueue` records a request as a queued job or refuses it (the studio's
     `enqueue`), `run` runs a claimed job to its end (the studio's
     `run_job`), and `claim`, `queued` and `cancel` are the gallery's
-    `claim_next`, `queued` and `cancel`.
+    `claim_next`, `queued` and `cancel`. `blocked` says why no job can run
+    now (the studio's `gpu_status`: a Ray pool out of reach); while it does,
+    nothing is claimed and the jobs wait in the queue.
 
     Jobs queued before a restart, by another process or by a requeue are
     claimed like any other; nobody waits for them here, so their end is
@@ -181,11 +183,13 @@ class Workers:
         claim: Callable[[], GenerationRecord | None],
         queued: Callable[..., list[GenerationRecord]],
         cancel: Callable[..., GenerationRecord],
+        blocked: Callable[[], str | None] = lambda: None,
         idle_seconds: float = 1.0,
     ) -> None:
         self.count = count
         self._enqueue, self._run_job = enqueue, run
         self._claim, self._queued, self._cancel = claim, queued, cancel
+        self._blocked = blocked  # why no job can run now (a Ray pool out of reach), or None
         self._idle_seconds = idle_seconds
         self._tickets: dict[int, Ticket] = {}
         self._lock = threading.Lock()
@@ -282,6 +286,9 @@ class Workers:
                     return
             # Cleared before the claim, so a job queued after the claim looked still wakes the wait below.
             self._work_arrived.clear()
+            if self._blocked() is not None:  # a Ray pool out of reach: the jobs wait in the queue
+                self._work_arrived.wait(self._idle_seconds)
+                continue
             try:
                 record = self._claim()
             except Exception:  # the database out of reach, say: try again, the queue is still there
@@ -313,6 +320,9 @@ class Workers:
             # whoever waits is told, and the gallery offers a requeue.
             log.warning("Generation %s was interrupted while it ran: %s", record.id, error)
             ticket.failed(f"Generation {record.id} was interrupted: {error}")
+        except GpuWorkerLost as error:
+            log.warning("Generation %s was interrupted: its GPU worker went away.", record.id)
+            ticket.failed(f"Generation {record.id}: {error}")
         except (ModelError, RequestError, StudioError) as error:
             ticket.failed(str(error))
         except Exception as error:

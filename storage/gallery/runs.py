@@ -129,6 +129,27 @@ class Runs(GalleryCore):
         finally:
             self._leases.release(generation_id)  # the job's last word, as in finish
 
+    def interrupt(
+        self, generation_id: int, *, error: str, environment: Mapping[str, Any], timings: Mapping[str, Any]
+    ) -> GenerationRecord:
+        """Mark a running generation "interrupted" now, as its lease running out would later.
+
+        For a job whose worker was lost mid-run (a GPU replica that died):
+        nothing of it is stored, and it can be requeued. Raises LeaseLost
+        when the lease ran out first.
+        """
+        environment = json_object(environment, field="environment")
+        timings = json_object(timings, field="timings")
+        try:
+            self.expire_leases()
+            with Session(self._engine) as session, session.begin():
+                _running(session, generation_id)
+                self._end(session, generation_id, status="interrupted", error=error, environment=environment,
+                          timings=timings, duration_ms=None, model_revision=None)
+                return self._load(session, generation_id)
+        finally:
+            self._leases.release(generation_id)
+
     def _finish(
         self,
         generation_id: int,

@@ -4,10 +4,20 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
+import os
+
 import pytest
 
 from webui.settings import Settings
 from webui.studio import Studio
+
+
+# Ray reads these when it is imported: keep every Ray address on loopback (else Ray swaps 127.0.0.1 for
+# this machine's network address), and send nothing home.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")  # a Ray call after shutdown must not start a Ray here
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only; and no token of an earlier Ray is picked up
 
 
 def free_port() -> int:
@@ -103,3 +113,78 @@ def page():
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         yield page
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster_port() -> int:
+    """The port the module's Ray head listens on (chosen first: a test may look before the head starts)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_cluster_port):
+    """A real Ray head on loopback for this module: 4 CPUs, a 100 MB object store, in a short temporary folder.
+
+    Everything stays on 127.0.0.1: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 stops
+    Ray from swapping loopback for this machine's network address. The head
+    runs in its own session and is stopped by its process ids (never
+    `ray stop`, which stops every Ray on the machine).
+    """
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # unix socket paths must stay short
+    ray = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen(
+        [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(ray_cluster_port),
+         "--num-cpus", "4", "--num-gpus", "0", "--include-dashboard", "false", "--object-store-memory", "100000000",
+         "--temp-dir", temp, "--disable-usage-stats"],
+        stdout=open(Path(temp) / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def ours() -> list[psutil.Process]:
+        # The head's descendants (some rename themselves, ray::DashboardAgent) and anything naming its folder.
+        found = []
+        with contextlib.suppress(psutil.Error):
+            found = psutil.Process(head.pid).children(recursive=True)
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if process.pid == head.pid or any(temp in part for part in process.info["cmdline"] or []):
+                    if process not in found:
+                        found.append(process)
+            except psutil.Error:
+                pass
+        return found
+
+    try:
+        wait_until(lambda: _answers(ray_cluster_port) or head.poll() is not None, what="the Ray head", timeout=120)
+        assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
+        yield f"127.0.0.1:{ray_cluster_port}"
+    finally:
+        import ray as ray_api
+
+        if ray_api.is_initialized():
+            ray_api.shutdown()
+        processes = ours()
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(processes, timeout=15)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=15)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
