@@ -11,13 +11,18 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 # Offline and private: the embedded model needs no hub.
 RUN_ENV := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: run test install install-test browser postgres clean
+.PHONY: run test lint install install-test browser postgres clean
 
 run: $(VENV)/.installed
 	$(RUN_ENV) $(VENV)/bin/atelier serve
 
-test: $(VENV)/.installed-test browser postgres
+test: lint browser postgres
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The formatter owns the layout and the linter the rest (pyproject.toml [tool.ruff]); `ruff format .` fixes the first.
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

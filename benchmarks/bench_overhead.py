@@ -80,11 +80,15 @@ def main() -> None:
 
     bare_median, studio_median = statistics.median(bare_times), statistics.median(studio_times)
     ratios = [s / b for s, b in zip(studio_times, bare_times)]
-    print(f"embedded model, {request.width}x{request.height}, {request.num_inference_steps} steps, "
-          f"{request.sampler}, {args.threads} thread(s), {args.rounds} rounds")
+    print(
+        f"embedded model, {request.width}x{request.height}, {request.num_inference_steps} steps, "
+        f"{request.sampler}, {args.threads} thread(s), {args.rounds} rounds"
+    )
     print(f"bare pipeline call : median {bare_median * 1000:7.1f} ms per image")
     print(f"studio.submit      : median {studio_median * 1000:7.1f} ms per image")
-    print(f"ratio studio/bare  : {studio_median / bare_median:.3f} (median of per-round ratios {statistics.median(ratios):.3f})")
+    print(
+        f"ratio studio/bare  : {studio_median / bare_median:.3f} (median of per-round ratios {statistics.median(ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -128,5 +128,6 @@ def main() -> None:
     estimate = counts["made"] / images * statistics.median(preview_ms) / 1000 / statistics.median(t[1] for t in plain)
     print(f"previews' measured time over the image's CPU time: {estimate:.1%}")
 
+
 if __name__ == "__main__":
     main()

@@ -40,15 +40,27 @@ def main() -> None:
     torch.set_num_threads(1)
 
     def request(seed: int) -> Text2ImgRequest:
-        return Text2ImgRequest(prompt="a red cube", seed=seed, model="embedded", width=64, height=64,
-                               num_inference_steps=args.steps, sampler="Euler")
+        return Text2ImgRequest(
+            prompt="a red cube",
+            seed=seed,
+            model="embedded",
+            width=64,
+            height=64,
+            num_inference_steps=args.steps,
+            sampler="Euler",
+        )
 
     report = {}
     cluster = contextlib.contextmanager(ray_cluster.__wrapped__)(free_port())
     with cluster as address:
         for replicas in (1, 2):
-            pool = RayExecutor(address=address, min_replicas=replicas, max_replicas=replicas, threads=1,
-                               engine_options={"device": "cpu"})
+            pool = RayExecutor(
+                address=address,
+                min_replicas=replicas,
+                max_replicas=replicas,
+                threads=1,
+                engine_options={"device": "cpu"},
+            )
             began = time.perf_counter()
             pool.run(request(0))
             if replicas == 1:

@@ -31,7 +31,14 @@ def _requests(task: str, index: int):
     from PIL import Image
 
     from pipelines.embedded.world import COLOURS, Scene, render
-    from pipelines.requests import ControlNetRequest, ControlUnit, ImageRef, Img2ImgRequest, InpaintRequest, Text2ImgRequest
+    from pipelines.requests import (
+        ControlNetRequest,
+        ControlUnit,
+        ImageRef,
+        Img2ImgRequest,
+        InpaintRequest,
+        Text2ImgRequest,
+    )
 
     settings = {"num_inference_steps": 20, "guidance_scale": 5.0, "seed": index}
     photo = Image.fromarray(render(Scene("square", "red", "blue", 0.22, 0.5, 0.5)))
@@ -40,10 +47,19 @@ def _requests(task: str, index: int):
     if task == "txt2img":
         return Text2ImgRequest(prompt="a red square on a yellow background", width=64, height=64, **settings)
     if task == "img2img":
-        return Img2ImgRequest(prompt="a red square on a yellow background", image=ImageRef.of(photo), strength=0.8, **settings)
+        return Img2ImgRequest(
+            prompt="a red square on a yellow background", image=ImageRef.of(photo), strength=0.8, **settings
+        )
     if task == "inpaint":
-        return InpaintRequest(prompt="a red square on a yellow background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), **settings)
-    return ControlNetRequest(prompt="a red square on a yellow background", controls=(ControlUnit(image=ImageRef.of(photo)),), **settings)
+        return InpaintRequest(
+            prompt="a red square on a yellow background",
+            image=ImageRef.of(photo),
+            mask_image=ImageRef.of(mask),
+            **settings,
+        )
+    return ControlNetRequest(
+        prompt="a red square on a yellow background", controls=(ControlUnit(image=ImageRef.of(photo)),), **settings
+    )
 
 
 def scenario(name: str, images: int) -> dict:
@@ -62,9 +78,13 @@ def scenario(name: str, images: int) -> dict:
             engine.run(_requests(task, index))
             seconds[task].append(time.perf_counter() - started)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"scenario": name, "device": engine.environment()["device_name"], "loads": engine.loads,
-              "peak_mib": round(peak_mib, 1),
-              "seconds_per_image": {task: round(statistics.median(values), 3) for task, values in seconds.items()}}
+    result = {
+        "scenario": name,
+        "device": engine.environment()["device_name"],
+        "loads": engine.loads,
+        "peak_mib": round(peak_mib, 1),
+        "seconds_per_image": {task: round(statistics.median(values), 3) for task, values in seconds.items()},
+    }
     if torch.cuda.is_available():
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
@@ -80,16 +100,24 @@ def main() -> None:
         return
     results = []
     for name in ("txt2img-only", "all-four"):
-        out = subprocess.run([sys.executable, __file__, "--scenario", name, "--images", str(args.images)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--scenario", name, "--images", str(args.images)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for result in results:
         print(json.dumps(result))
     alone, together = results
-    print(f"peak memory, all four tasks / text-to-image alone: {together['peak_mib']:.0f} / {alone['peak_mib']:.0f} MiB "
-          f"= {together['peak_mib'] / alone['peak_mib']:.2f}; base-model loads: {together['loads']}")
+    print(
+        f"peak memory, all four tasks / text-to-image alone: {together['peak_mib']:.0f} / {alone['peak_mib']:.0f} MiB "
+        f"= {together['peak_mib'] / alone['peak_mib']:.2f}; base-model loads: {together['loads']}"
+    )
     if "peak_gpu_mib" in together:
-        print(f"peak GPU memory, all four / text-to-image alone: {together['peak_gpu_mib']:.0f} / {alone['peak_gpu_mib']:.0f} MiB")
+        print(
+            f"peak GPU memory, all four / text-to-image alone: {together['peak_gpu_mib']:.0f} / {alone['peak_gpu_mib']:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -115,13 +115,15 @@ def evaluate_inpaint(count: int):
         image = engine.run(request).images[0]
         output = np.asarray(image)
         reading = classify(image)
-        rows.append({
-            "prompt": request.prompt,
-            "seed": request.seed,
-            "background": reading.background == new,
-            "exact": bool(np.array_equal(output[kept], photo[kept])),
-            "read": [reading.background, reading.colour, reading.shape],
-        })
+        rows.append(
+            {
+                "prompt": request.prompt,
+                "seed": request.seed,
+                "background": reading.background == new,
+                "exact": bool(np.array_equal(output[kept], photo[kept])),
+                "read": [reading.background, reading.colour, reading.shape],
+            }
+        )
         images.append(image)
     seconds = (time.perf_counter() - started) / count
     return {key: sum(r[key] for r in rows) / count for key in ("background", "exact")}, rows, images, seconds
@@ -151,22 +153,31 @@ def evaluate_controlnet(count: int):
         edges = cv2.Canny(drawn, 100, 200)
         prompt = f"a {scene.colour} {scene.shape} on a {scene.background} background"
         seed = int(rng.integers(2**31))
-        steered = engine.run(ControlNetRequest(
-            prompt=prompt, seed=seed, controls=(ControlUnit(image=ImageRef.of(Image.fromarray(drawn))),), **_settings()
-        )).images[0]
+        steered = engine.run(
+            ControlNetRequest(
+                prompt=prompt,
+                seed=seed,
+                controls=(ControlUnit(image=ImageRef.of(Image.fromarray(drawn))),),
+                **_settings(),
+            )
+        ).images[0]
         free = engine.run(Text2ImgRequest(prompt=prompt, seed=seed, width=64, height=64, **_settings())).images[0]
         reading = classify(steered)
-        rows.append({
-            "prompt": prompt,
-            "seed": seed,
-            "iou_controlnet": edge_iou(steered, edges),
-            "iou_without": edge_iou(free, edges),
-            "shape": reading.shape == scene.shape,
-            "colour": reading.colour == scene.colour,
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "iou_controlnet": edge_iou(steered, edges),
+                "iou_without": edge_iou(free, edges),
+                "shape": reading.shape == scene.shape,
+                "colour": reading.colour == scene.colour,
+            }
+        )
         images.append(steered)
     seconds = (time.perf_counter() - started) / count / 2
-    scores = {key: float(np.mean([r[key] for r in rows])) for key in ("iou_controlnet", "iou_without", "shape", "colour")}
+    scores = {
+        key: float(np.mean([r[key] for r in rows])) for key in ("iou_controlnet", "iou_without", "shape", "colour")
+    }
     return scores, rows, images, seconds
 
 
@@ -199,15 +210,21 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.task == "inpaint":
         scores, rows, images, seconds = evaluate_inpaint(args.pairs)
-        print(f"{args.pairs} pairs: new background {scores['background']:.1%}, shape pixels exact {scores['exact']:.1%}; "
-              f"{seconds:.2f} s per image")
+        print(
+            f"{args.pairs} pairs: new background {scores['background']:.1%}, shape pixels exact {scores['exact']:.1%}; "
+            f"{seconds:.2f} s per image"
+        )
     elif args.task == "controlnet":
         scores, rows, images, seconds = evaluate_controlnet(args.pairs)
-        print(f"{args.pairs} pairs: edge IoU {scores['iou_controlnet']:.3f} with the ControlNet, "
-              f"{scores['iou_without']:.3f} without; shape {scores['shape']:.1%}, colour {scores['colour']:.1%}; "
-              f"{seconds:.2f} s per image")
+        print(
+            f"{args.pairs} pairs: edge IoU {scores['iou_controlnet']:.3f} with the ControlNet, "
+            f"{scores['iou_without']:.3f} without; shape {scores['shape']:.1%}, colour {scores['colour']:.1%}; "
+            f"{seconds:.2f} s per image"
+        )
     else:
-        scores, rows, images, seconds = evaluate(args.pairs, steps=args.steps, sampler=args.sampler, guidance=args.guidance)
+        scores, rows, images, seconds = evaluate(
+            args.pairs, steps=args.steps, sampler=args.sampler, guidance=args.guidance
+        )
         print(
             f"{args.pairs} pairs: background {scores['background']:.1%}, shape colour {scores['colour']:.1%}, "
             f"shape {scores['shape']:.1%}; {seconds:.2f} s per image"

@@ -85,8 +85,9 @@ def simulate(url: str, users: dict[str, str], requests: int, *, steps: int, burs
             if QUEUE_FULL in message:
                 return Outcome(user, number, prompt, seed, ended, refused=message)
             return Outcome(user, number, prompt, seed, ended, error=f"{type(error).__name__}: {message}")
-        return Outcome(user, number, prompt, seed, getattr(job, "answered_at", time.perf_counter()) - sent,
-                       record_id=details["id"])
+        return Outcome(
+            user, number, prompt, seed, getattr(job, "answered_at", time.perf_counter()) - sent, record_id=details["id"]
+        )
 
     def person(user: str, password: str) -> None:
         client = Client(url, auth=(user, password), verbose=False)
@@ -117,8 +118,11 @@ def check(gallery: Any, outcomes: Iterable[Outcome], *, users: Iterable[str]) ->
     """What went wrong, one sentence each; empty when every invariant holds."""
     outcomes = list(outcomes)
     problems = [f"{o.user} request {o.number} ended in an error: {o.error}" for o in outcomes if o.error]
-    problems += [f"{o.user} request {o.number} had no answer" for o in outcomes
-                 if o.record_id is None and o.refused is None and o.error is None]
+    problems += [
+        f"{o.user} request {o.number} had no answer"
+        for o in outcomes
+        if o.record_id is None and o.refused is None and o.error is None
+    ]
     results = [o for o in outcomes if o.record_id is not None]
     ids = [o.record_id for o in results]
     if len(set(ids)) != len(ids):
@@ -126,8 +130,12 @@ def check(gallery: Any, outcomes: Iterable[Outcome], *, users: Iterable[str]) ->
     shas = set()
     for outcome in results:
         record = gallery.get(outcome.record_id)
-        if (record.status, record.user, record.prompt, record.seed) != ("succeeded", outcome.user, outcome.prompt,
-                                                                        outcome.seed):
+        if (record.status, record.user, record.prompt, record.seed) != (
+            "succeeded",
+            outcome.user,
+            outcome.prompt,
+            outcome.seed,
+        ):
             problems.append(f"record {record.id} is not {outcome.user}'s succeeded request {outcome.number}")
         if [image.role for image in record.images] != ["output"]:
             problems.append(f"record {record.id} has images {[image.role for image in record.images]}, not one output")
@@ -217,8 +225,12 @@ def _serve(data: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
         "ATELIER_GPU_WORKERS": str(args.gpu_workers),
     }
     atelier = Path(sys.executable).with_name("atelier")
-    server = subprocess.Popen([str(atelier), "serve", "--data", str(data), "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(atelier), "serve", "--data", str(data), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -276,9 +288,15 @@ def main() -> int:
             integrity = connection.execute("PRAGMA integrity_check").fetchone()[0]
         if integrity != "ok":
             problems.append(f"integrity_check says {integrity}")
-    report.update(users=args.users, per_user=args.requests, steps=args.steps, queue_limit=args.queue_limit,
-                  gpu_workers=args.gpu_workers, mode="burst" if args.burst else "one after another",
-                  problems=problems)
+    report.update(
+        users=args.users,
+        per_user=args.requests,
+        steps=args.steps,
+        queue_limit=args.queue_limit,
+        gpu_workers=args.gpu_workers,
+        mode="burst" if args.burst else "one after another",
+        problems=problems,
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -31,20 +31,33 @@ class ControlNetEntry:
 REGISTRY: dict[str, ControlNetEntry] = {
     entry.name: entry
     for entry in (
-        ControlNetEntry("embedded-canny", "embedded", str(embedded.CONTROLNET_FOLDER), "canny",
-                        "Canny edges, for the embedded model (ships with Atelier)"),
+        ControlNetEntry(
+            "embedded-canny",
+            "embedded",
+            str(embedded.CONTROLNET_FOLDER),
+            "canny",
+            "Canny edges, for the embedded model (ships with Atelier)",
+        ),
         ControlNetEntry("sd15-canny", "sd", "lllyasviel/control_v11p_sd15_canny", "canny", "SD 1.5 Canny edges"),
-        ControlNetEntry("sd15-lineart", "sd", "lllyasviel/control_v11p_sd15_lineart", "lineart_standard", "SD 1.5 line art"),
-        ControlNetEntry("sd15-shuffle", "sd", "lllyasviel/control_v11e_sd15_shuffle", "shuffle", "SD 1.5 content shuffle"),
+        ControlNetEntry(
+            "sd15-lineart", "sd", "lllyasviel/control_v11p_sd15_lineart", "lineart_standard", "SD 1.5 line art"
+        ),
+        ControlNetEntry(
+            "sd15-shuffle", "sd", "lllyasviel/control_v11e_sd15_shuffle", "shuffle", "SD 1.5 content shuffle"
+        ),
         ControlNetEntry("sd15-depth", "sd", "lllyasviel/control_v11f1p_sd15_depth", "depth_midas", "SD 1.5 depth"),
         ControlNetEntry("sd15-openpose", "sd", "lllyasviel/control_v11p_sd15_openpose", "openpose", "SD 1.5 pose"),
         ControlNetEntry("sd15-softedge", "sd", "lllyasviel/control_v11p_sd15_softedge", "hed", "SD 1.5 soft edges"),
         ControlNetEntry("sd15-mlsd", "sd", "lllyasviel/control_v11p_sd15_mlsd", "mlsd", "SD 1.5 straight lines"),
-        ControlNetEntry("sd15-normal", "sd", "lllyasviel/control_v11p_sd15_normalbae", "normal_bae", "SD 1.5 normal map"),
+        ControlNetEntry(
+            "sd15-normal", "sd", "lllyasviel/control_v11p_sd15_normalbae", "normal_bae", "SD 1.5 normal map"
+        ),
         ControlNetEntry("sdxl-canny", "sdxl", "diffusers/controlnet-canny-sdxl-1.0", "canny", "SDXL Canny edges"),
         ControlNetEntry("sdxl-depth", "sdxl", "diffusers/controlnet-depth-sdxl-1.0", "depth_midas", "SDXL depth"),
         ControlNetEntry("flux-canny", "flux", "InstantX/FLUX.1-dev-Controlnet-Canny", "canny", "FLUX.1 Canny edges"),
-        ControlNetEntry("flux-depth", "flux", "Shakker-Labs/FLUX.1-dev-ControlNet-Depth", "depth_midas", "FLUX.1 depth"),
+        ControlNetEntry(
+            "flux-depth", "flux", "Shakker-Labs/FLUX.1-dev-ControlNet-Depth", "depth_midas", "FLUX.1 depth"
+        ),
     )
 }
 
@@ -68,7 +81,9 @@ def resolve(name: str) -> ControlNetSource:
     path = Path(location).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ControlNetNotFound(f"controlnet folder {name!r} has no config.json; it must be a diffusers ControlNet folder.")
+            raise ControlNetNotFound(
+                f"controlnet folder {name!r} has no config.json; it must be a diffusers ControlNet folder."
+            )
         return ControlNetSource(name, "folder", str(path.resolve()))
     if path.suffix == ".safetensors":
         if not path.is_file():

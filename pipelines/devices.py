@@ -96,5 +96,9 @@ class Switches:
             vae.disable_tiling()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"attention": self.attention, "vae_tiling": self.vae_tiling, "cpu_offload": self.cpu_offload,
-                "compile": self.compile}
+        return {
+            "attention": self.attention,
+            "vae_tiling": self.vae_tiling,
+            "cpu_offload": self.cpu_offload,
+            "compile": self.compile,
+        }

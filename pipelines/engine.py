@@ -27,9 +27,10 @@ import platform
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import diffusers
 import torch
@@ -152,8 +153,15 @@ class Engine:
                 self._controlnets[name] = load_controlnet(name, dtype=self.dtype, device=self.device)
             return self._controlnets[name]
 
-    def pipeline(self, model: str, task: str, controlnet_names: tuple[str, ...] = (), mode: str = "txt2img",
-                 *, refining: bool = False) -> DiffusionPipeline:
+    def pipeline(
+        self,
+        model: str,
+        task: str,
+        controlnet_names: tuple[str, ...] = (),
+        mode: str = "txt2img",
+        *,
+        refining: bool = False,
+    ) -> DiffusionPipeline:
         """The pipeline for ``task``, sharing the base model's modules.
 
         For ControlNet, ``mode`` (txt2img, img2img or inpaint) picks diffusers'
@@ -235,7 +243,9 @@ class Engine:
     def _refiner(self, request: GenerationRequest) -> tuple[LoadedModel, DiffusionPipeline]:
         """The request's SDXL refiner and its image-to-image pipeline, loaded beside the base."""
         if self.max_models < 2:
-            raise ModelError("a refiner needs room for two models (the base and the refiner); set ATELIER_MAX_MODELS to 2 or more.")
+            raise ModelError(
+                "a refiner needs room for two models (the base and the refiner); set ATELIER_MAX_MODELS to 2 or more."
+            )
         try:
             loaded = self.load(request.refiner)
         except ModelError as error:
@@ -307,8 +317,16 @@ class Engine:
                 if cancel is not None and cancel.cancelled:
                     break
                 # 3. Prompt embeddings, from the cache when the prompt was seen
-                embeds = self.text_cache.embeds(pipe, loaded.family, (loaded.source.name, loaded.revision), prompt,
-                                                request.negative_prompt, cfg=cfg, device=self.device, text_loras=text_loras)
+                embeds = self.text_cache.embeds(
+                    pipe,
+                    loaded.family,
+                    (loaded.source.name, loaded.revision),
+                    prompt,
+                    request.negative_prompt,
+                    cfg=cfg,
+                    device=self.device,
+                    text_loras=text_loras,
+                )
                 # 4. One CPU generator per image: same noise on every device, and
                 #    image i of a batch equals a single run with seed + i.
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -322,17 +340,32 @@ class Engine:
                     **embeds,
                     **arguments,
                     generator=generators,
-                    callback_on_step_end=on_step_end(stages.base if stages else progress, cancel, index,
-                                                     len(task.prompts), request.num_inference_steps,
-                                                     previews((request.width, request.height)) if previews else None),
+                    callback_on_step_end=on_step_end(
+                        stages.base if stages else progress,
+                        cancel,
+                        index,
+                        len(task.prompts),
+                        request.num_inference_steps,
+                        previews((request.width, request.height)) if previews else None,
+                    ),
                     output_type="latent" if refiner is not None else "pil",
                 )
                 pictures = output.images
                 if refiner is not None and not (cancel is not None and cancel.cancelled):
                     stages.handed_over(pipe.num_timesteps)
-                    pictures = refine(*refiner, request, prompt, pictures, generators, stages=stages, cancel=cancel,
-                                      preview=preview, switches=self.switches, text_cache=self.text_cache,
-                                      device=self.device)
+                    pictures = refine(
+                        *refiner,
+                        request,
+                        prompt,
+                        pictures,
+                        generators,
+                        stages=stages,
+                        cancel=cancel,
+                        preview=preview,
+                        switches=self.switches,
+                        text_cache=self.text_cache,
+                        device=self.device,
+                    )
                 # 5. Back to the input's pixels where the task keeps them
                 images.extend(task.finish(image) for image in pictures)
             cancelled = cancel is not None and cancel.cancelled

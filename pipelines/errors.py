@@ -23,7 +23,9 @@ def check_family(family: str, request: Any) -> None:
     """What a request (a ``GenerationRequest``) asks that this model family cannot do, said before anything runs."""
     if request.refiner is not None and family != "sdxl":
         words = FAMILY_NAMES.get(family, family)
-        raise ModelError(f"refiner applies to SDXL models; {request.model!r} is a {words} model, so remove the refiner.")
+        raise ModelError(
+            f"refiner applies to SDXL models; {request.model!r} is a {words} model, so remove the refiner."
+        )
     if family != "flux":
         return
     if request.negative_prompt.strip():

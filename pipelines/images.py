@@ -194,9 +194,7 @@ def _fit_and_pad(image: Image.Image, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.pad(pixels, margins, mode="edge"))
 
 
-def output_size(
-    image: Image.Image, *, multiple: int = 8, low: int = MIN_SIZE, high: int = MAX_SIZE
-) -> tuple[int, int]:
+def output_size(image: Image.Image, *, multiple: int = 8, low: int = MIN_SIZE, high: int = MAX_SIZE) -> tuple[int, int]:
     """The (width, height) to generate for ``image``: its own size, as near as a request allows.
 
     Both sides become multiples of ``multiple`` (the VAE downsamples by 8).

@@ -59,7 +59,9 @@ class HubWeights:
     image_encoder_folder: str  # from the repository's root
 
     def files(self) -> list[str]:
-        return [f"{self.subfolder}/{self.weight_name}"] + [f"{self.image_encoder_folder}/{name}" for name in _ENCODER_FILES]
+        return [f"{self.subfolder}/{self.weight_name}"] + [
+            f"{self.image_encoder_folder}/{name}" for name in _ENCODER_FILES
+        ]
 
 
 # The plain IP-Adapters (one image, four tokens) from diffusers' IP-Adapter guide.
@@ -107,19 +109,26 @@ def check_scale(scale: Any) -> float:
 def find(family: str, source: str | Path | None = None, *, cache_dir: str | Path | None = None) -> IPAdapterWeights:
     """The family's IP-Adapter on disk: ``source`` a local folder, or None for the registry's hub files in the cache."""
     if family not in REGISTRY:
-        raise IPAdapterError(f"IP-Adapter is not available for {_FAMILY_WORDS.get(family, family)} models yet; remove the reference image.")
+        raise IPAdapterError(
+            f"IP-Adapter is not available for {_FAMILY_WORDS.get(family, family)} models yet; remove the reference image."
+        )
     if source is not None:
         return _from_folder(family, Path(source).expanduser())
     return _from_cache(REGISTRY[family], cache_dir)
 
 
-def availability(family: str, source: str | Path | None = None, *, cache_dir: str | Path | None = None) -> tuple[bool, str]:
+def availability(
+    family: str, source: str | Path | None = None, *, cache_dir: str | Path | None = None
+) -> tuple[bool, str]:
     """(True, where the weights are) or (False, one sentence saying what is missing and how to get it)."""
     try:
         weights = find(family, source, cache_dir=cache_dir)
     except IPAdapterError as error:
         return False, str(error)
-    return True, f"IP-Adapter weights for {_FAMILY_WORDS.get(family, family)}: {weights.name} ({weights.revision[:12]})."
+    return (
+        True,
+        f"IP-Adapter weights for {_FAMILY_WORDS.get(family, family)}: {weights.name} ({weights.revision[:12]}).",
+    )
 
 
 def _from_cache(hub: HubWeights, cache_dir: str | Path | None) -> IPAdapterWeights:
@@ -153,8 +162,14 @@ def _from_folder(family: str, folder: Path) -> IPAdapterWeights:
     if REGISTRY[family].weight_name in weights:
         weights = [REGISTRY[family].weight_name]
     if len(weights) != 1:
-        problem = "has no .safetensors weight file" if not weights else f"has several .safetensors files ({', '.join(weights)})"
-        raise IPAdapterError(f"IP-Adapter folder {str(folder)!r} {problem}; it must hold one adapter file and an {IMAGE_ENCODER} folder.")
+        problem = (
+            "has no .safetensors weight file"
+            if not weights
+            else f"has several .safetensors files ({', '.join(weights)})"
+        )
+        raise IPAdapterError(
+            f"IP-Adapter folder {str(folder)!r} {problem}; it must hold one adapter file and an {IMAGE_ENCODER} folder."
+        )
     encoder = folder / IMAGE_ENCODER
     if not all((encoder / name).is_file() for name in _ENCODER_FILES):
         raise IPAdapterError(
@@ -210,7 +225,9 @@ def attach(pipe: Any, weights: IPAdapterWeights, scale: float) -> None:
     """
     scale = check_scale(scale)
     if not hasattr(pipe, "load_ip_adapter") or not hasattr(pipe, "unet"):
-        raise IPAdapterError(f"{type(pipe).__name__} cannot take an IP-Adapter; remove the reference image or pick a Stable Diffusion model.")
+        raise IPAdapterError(
+            f"{type(pipe).__name__} cannot take an IP-Adapter; remove the reference image or pick a Stable Diffusion model."
+        )
     unet = pipe.unet
     loaded: _Loaded | None = getattr(unet, _STATE, None)
     # 1. Load, unless these very weights are loaded already
@@ -314,9 +331,15 @@ def _check_fits(unet: Any, weights: IPAdapterWeights) -> None:
         with safe_open(str(weights.weight_file), framework="pt") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError) as error:
-        raise IPAdapterError(f"IP-Adapter file {str(weights.weight_file)!r} is not a readable safetensors file: {_first_line(error)}") from error
-    if not any(key.startswith("image_proj.") for key in shapes) or not any(key.startswith("ip_adapter.") for key in shapes):
-        raise IPAdapterError(f"IP-Adapter file {str(weights.weight_file)!r} is not an IP-Adapter; it has no image_proj and ip_adapter weights.")
+        raise IPAdapterError(
+            f"IP-Adapter file {str(weights.weight_file)!r} is not a readable safetensors file: {_first_line(error)}"
+        ) from error
+    if not any(key.startswith("image_proj.") for key in shapes) or not any(
+        key.startswith("ip_adapter.") for key in shapes
+    ):
+        raise IPAdapterError(
+            f"IP-Adapter file {str(weights.weight_file)!r} is not an IP-Adapter; it has no image_proj and ip_adapter weights."
+        )
     made_for = shapes.get("ip_adapter.1.to_k_ip.weight", (None, None))[-1]
     cross = [key for key in unet.attn_processors if not key.endswith("attn1.processor")]
     for index, processor in enumerate(cross):
@@ -330,8 +353,12 @@ def _check_fits(unet: Any, weights: IPAdapterWeights) -> None:
     if "image_proj.proj.weight" in shapes:  # the plain adapter: a linear map of the encoder's image embedding
         width, tokens = unet.config.cross_attention_dim, 4
         embedding = shapes["image_proj.proj.weight"][-1]
-        expected = {"proj.weight": (tokens * width, embedding), "proj.bias": (tokens * width,),
-                    "norm.weight": (width,), "norm.bias": (width,)}
+        expected = {
+            "proj.weight": (tokens * width, embedding),
+            "proj.bias": (tokens * width,),
+            "norm.weight": (width,),
+            "norm.bias": (width,),
+        }
         for key, shape in expected.items():
             if shapes.get(f"image_proj.{key}") != shape:
                 raise IPAdapterError(f"IP-Adapter {name!r} is incomplete: it has no image_proj.{key} of shape {shape}.")

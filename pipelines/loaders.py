@@ -16,9 +16,10 @@ and derives every task's pipeline from the base.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import (
@@ -97,8 +98,14 @@ def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device,
     pipe.set_progress_bar_config(disable=True)
     inpainting_only = family != "flux" and pipe.unet.config.in_channels == 9
     refiner_only = family == "sdxl" and pipe.text_encoder is None
-    return LoadedModel(source=source, revision=revision, family=family, base=pipe, inpainting_only=inpainting_only,
-                       refiner_only=refiner_only)
+    return LoadedModel(
+        source=source,
+        revision=revision,
+        family=family,
+        base=pipe,
+        inpainting_only=inpainting_only,
+        refiner_only=refiner_only,
+    )
 
 
 def load_controlnet(name: str, *, dtype: torch.dtype, device: torch.device) -> LoadedControlNet:
@@ -131,21 +138,30 @@ def controlnet_fits(control: LoadedControlNet, loaded: LoadedModel) -> bool:
     ours = control.model.config
     if loaded.family == "flux":
         base = loaded.base.transformer.config
-        return isinstance(control.model, FluxControlNetModel) and (
-            ours.joint_attention_dim, ours.in_channels) == (base.joint_attention_dim, base.in_channels)
+        return isinstance(control.model, FluxControlNetModel) and (ours.joint_attention_dim, ours.in_channels) == (
+            base.joint_attention_dim,
+            base.in_channels,
+        )
     base = loaded.base.unet.config
-    return isinstance(control.model, ControlNetModel) and ours.cross_attention_dim == base.cross_attention_dim and (
-        tuple(ours.block_out_channels) == tuple(base.block_out_channels))
+    return (
+        isinstance(control.model, ControlNetModel)
+        and ours.cross_attention_dim == base.cross_attention_dim
+        and (tuple(ours.block_out_channels) == tuple(base.block_out_channels))
+    )
 
 
 def _family(pipe: DiffusionPipeline) -> str:
     if isinstance(pipe, (FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline)):
         return "flux"
-    if isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)):
+    if isinstance(
+        pipe, (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline)
+    ):
         return "sdxl"
     if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionInpaintPipeline)):
         return "sd"
-    raise ModelError(f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x, SDXL or FLUX model.")
+    raise ModelError(
+        f"{type(pipe).__name__} models are not supported yet; use a Stable Diffusion 1.x/2.x, SDXL or FLUX model."
+    )
 
 
 def _single_file_class(path: Path) -> type[DiffusionPipeline]:

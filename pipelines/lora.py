@@ -73,7 +73,9 @@ def check_weight(name: str, weight: Any) -> float:
     # An int is finite; math.isfinite would overflow on one past float's range (JSON allows it).
     ok = ok and (isinstance(weight, int) or math.isfinite(weight))
     if not ok or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
-        raise LoraError(f"the weight of LoRA {name!r} must be a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}; got {weight!r}.")
+        raise LoraError(
+            f"the weight of LoRA {name!r} must be a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}; got {weight!r}."
+        )
     return float(weight)
 
 
@@ -132,7 +134,9 @@ def apply(pipe: Any, loras: Sequence[tuple[str, float]], folder: Path | str) -> 
         clear(pipe)
         return []
     if not hasattr(pipe, "load_lora_weights"):
-        raise LoraError(f"{type(pipe).__name__} models cannot take LoRAs; remove the LoRAs or pick a Stable Diffusion model.")
+        raise LoraError(
+            f"{type(pipe).__name__} models cannot take LoRAs; remove the LoRAs or pick a Stable Diffusion model."
+        )
     # 1. Load what is not loaded yet (and drop older versions of the same files)
     loaded = _loaded_adapters(pipe)
     for lora, _ in resolved:
@@ -225,8 +229,9 @@ def _load_with_text_encoders(pipe: Any, lora: LoraFile, adapter: str) -> None:
     state, alphas, metadata = pipe.lora_state_dict(str(lora.path), return_lora_metadata=True)
     if not all("lora" in key for key in state):
         raise ValueError(f"{lora.path.name} has keys that are not LoRA layers")
-    pipe.load_lora_into_unet(state, network_alphas=alphas, unet=pipe.unet, adapter_name=adapter, metadata=metadata,
-                             _pipeline=pipe)
+    pipe.load_lora_into_unet(
+        state, network_alphas=alphas, unet=pipe.unet, adapter_name=adapter, metadata=metadata, _pipeline=pipe
+    )
     for prefix in ("text_encoder", "text_encoder_2"):
         encoder = getattr(pipe, prefix, None)
         if encoder is not None:
@@ -235,8 +240,9 @@ def _load_with_text_encoders(pipe: Any, lora: LoraFile, adapter: str) -> None:
             raise ValueError(f"{lora.path.name} has layers for a {prefix} this model does not have")
 
 
-def _into_text_encoder(encoder: Any, prefix: str, state: dict, alphas: dict | None, metadata: dict | None,
-                       adapter: str) -> None:
+def _into_text_encoder(
+    encoder: Any, prefix: str, state: dict, alphas: dict | None, metadata: dict | None, adapter: str
+) -> None:
     """The file's layers for one text encoder (keys starting ``prefix.``), as a PEFT adapter named ``adapter``."""
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.peft_utils import get_peft_kwargs
@@ -331,7 +337,11 @@ def _read_keys(path: Path) -> tuple[str | None, bool, str | None]:
         with safe_open(str(path), framework="np") as handle:
             keys = list(handle.keys())
             if not any(_LORA_KEY.search(key) for key in keys):
-                return None, False, f"{path.name} is not a LoRA: it has no LoRA weights (lora_A/lora_B or lora_down/lora_up)."
+                return (
+                    None,
+                    False,
+                    f"{path.name} is not a LoRA: it has no LoRA weights (lora_A/lora_B or lora_down/lora_up).",
+                )
             to_k = next((key for key in keys if _TO_K.search(key)), None)
             width = handle.get_slice(to_k).get_shape()[-1] if to_k else None
     except (SafetensorError, OSError, ValueError) as error:

@@ -243,9 +243,7 @@ def _grabcut_mask(image: Image.Image) -> np.ndarray:
     background_model = np.zeros((1, 65), np.float64)
     foreground_model = np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(GRABCUT_SEED)
-    cv2.grabCut(
-        pixels, labels, None, background_model, foreground_model, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK
-    )
+    cv2.grabCut(pixels, labels, None, background_model, foreground_model, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     white = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     # 4. Clean up, then bring back to full size.
     white = _fill_holes(_keep_large_components(white))
@@ -321,9 +319,7 @@ def _seen_original(original: Image.Image, generated: np.ndarray) -> np.ndarray:
     return rgb * opacity + generated * (1.0 - opacity)
 
 
-def paste_back(
-    original: Image.Image, generated: Image.Image, background: Image.Image, *, feather: int
-) -> Image.Image:
+def paste_back(original: Image.Image, generated: Image.Image, background: Image.Image, *, feather: int) -> Image.Image:
     """The generated image with every kept pixel copied back from the original.
 
     Where ``background`` is black (at or below ``MASK_THRESHOLD``) the output

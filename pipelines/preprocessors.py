@@ -22,10 +22,11 @@ import importlib.util
 import os
 import threading
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -293,7 +294,9 @@ _ENTRIES = (
     Preprocessor(
         "mlsd",
         "Straight lines (M-LSD)",
-        _params(detect_resolution=_resolution(), thr_v=Param(0.1, 0.01, 2.0, "float"), thr_d=Param(0.1, 0.01, 20.0, "float")),
+        _params(
+            detect_resolution=_resolution(), thr_v=Param(0.1, 0.01, 2.0, "float"), thr_d=Param(0.1, 0.01, 20.0, "float")
+        ),
         _neural,
         "MLSDdetector",
         _annotators("mlsd_large_512_fp32.pth"),
@@ -329,7 +332,9 @@ _ENTRIES = (
     Preprocessor(
         "mediapipe_face",
         "Face mesh (MediaPipe)",
-        _params(detect_resolution=_resolution(), max_faces=Param(1, 1, 10), min_confidence=Param(0.5, 0.01, 1.0, "float")),
+        _params(
+            detect_resolution=_resolution(), max_faces=Param(1, 1, 10), min_confidence=Param(0.5, 0.01, 1.0, "float")
+        ),
         _neural,
         "MediapipeFaceDetector",
         packages=("mediapipe",),

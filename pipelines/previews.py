@@ -126,7 +126,10 @@ def _fitting_pictures(count: int, side: int, seed: int) -> torch.Tensor:
         if kind == 0:
             blend = torch.zeros(side, side)
         elif kind == 1:
-            cx, cy, rx, ry = (torch.rand(4, generator=generator) * torch.tensor([0.5, 0.5, 0.3, 0.3]) + torch.tensor([0.25, 0.25, 0.1, 0.1])).tolist()
+            cx, cy, rx, ry = (
+                torch.rand(4, generator=generator) * torch.tensor([0.5, 0.5, 0.3, 0.3])
+                + torch.tensor([0.25, 0.25, 0.1, 0.1])
+            ).tolist()
             if index % 2:
                 blend = (((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1).float()
             else:
@@ -152,15 +155,24 @@ def find_taesd(vae: Any, *, cache_dir: str | Path | None = None) -> tuple[Path |
         )
     found = [try_to_load_from_cache(repo, name, cache_dir=cache_dir) for name in _TAESD_FILES]
     if not all(isinstance(path, str) for path in found):
-        return None, f"TAESD is not used: {repo} is not in the local Hugging Face cache, and previews never download it."
+        return (
+            None,
+            f"TAESD is not used: {repo} is not in the local Hugging Face cache, and previews never download it.",
+        )
     return Path(found[0]).parent, f"TAESD from the local cache ({repo})."
 
 
 class LatentPreviewer:
     """Latents -> a PIL preview, made for one loaded model; build once per model (``for_pipeline``) and keep it."""
 
-    def __init__(self, *, kind: str, decoder: Any = None, linear: LinearMap | None = None, scale_factor: int, note: str = "") -> None:
-        if kind not in ("taesd", "vae", "linear") or (kind == "linear") != (linear is not None) or (kind == "linear") == (decoder is not None):
+    def __init__(
+        self, *, kind: str, decoder: Any = None, linear: LinearMap | None = None, scale_factor: int, note: str = ""
+    ) -> None:
+        if (
+            kind not in ("taesd", "vae", "linear")
+            or (kind == "linear") != (linear is not None)
+            or (kind == "linear") == (decoder is not None)
+        ):
             raise ValueError("a LatentPreviewer is a TAESD or VAE decoder, or a linear map; exactly one.")
         self.kind = kind
         self.decoder = decoder  # AutoencoderTiny, or the model's own AutoencoderKL
@@ -191,7 +203,12 @@ class LatentPreviewer:
         # 2. The model's own VAE, when a decode is cheap
         parameters = sum(p.numel() for p in vae.decoder.parameters())
         if method == "vae" or (method == "auto" and parameters <= SMALL_DECODER_PARAMETERS):
-            return cls(kind="vae", decoder=vae, scale_factor=factor, note=f"{why_not}The model's own VAE ({parameters / 1e6:.1f}M decoder parameters).")
+            return cls(
+                kind="vae",
+                decoder=vae,
+                scale_factor=factor,
+                note=f"{why_not}The model's own VAE ({parameters / 1e6:.1f}M decoder parameters).",
+            )
         # 3. A linear map fitted to the VAE
         linear = fit_linear(vae)
         note = f"{why_not}A linear latent-to-RGB map fitted to the VAE (residual {linear.rms_error:.2f})."
@@ -203,7 +220,9 @@ class LatentPreviewer:
         with torch.no_grad():
             if self.kind == "linear":
                 # A few thousand multiply-adds: cheaper on the CPU than a kernel launch.
-                rgb = torch.einsum("chw,cr->rhw", latent[0].float().cpu(), self.linear.weight) + self.linear.bias.view(3, 1, 1)
+                rgb = torch.einsum("chw,cr->rhw", latent[0].float().cpu(), self.linear.weight) + self.linear.bias.view(
+                    3, 1, 1
+                )
             else:
                 config = self.decoder.config
                 # What the pipeline does before decoding (TAESD's factor is 1: it takes the latents as they are).
@@ -266,9 +285,13 @@ class PreviewPacer:
     follows at once. Make one per run.
     """
 
-    def __init__(self, *, every: int = EVERY_STEPS, budget: float = BUDGET, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, *, every: int = EVERY_STEPS, budget: float = BUDGET, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         if every < 1 or not 0 < budget <= 1:
-            raise ValueError(f"every must be at least 1 and budget above 0 and at most 1 (no limit); got {every} and {budget}.")
+            raise ValueError(
+                f"every must be at least 1 and budget above 0 and at most 1 (no limit); got {every} and {budget}."
+            )
         self.every = every
         self.budget = budget
         self._clock = clock
@@ -295,8 +318,9 @@ class PreviewPacer:
         return result
 
 
-def watch(previewer: LatentPreviewer, scheduler: Any, show: Callable[[Image.Image], None]
-          ) -> Callable[[tuple[int, int]], Callable[[int, int, dict], None]]:
+def watch(
+    previewer: LatentPreviewer, scheduler: Any, show: Callable[[Image.Image], None]
+) -> Callable[[tuple[int, int]], Callable[[int, int, dict], None]]:
     """Previews of the runs on ``scheduler``: for each run's (width, height), a per-step callback.
 
     Each shows the sampler's current estimate of the finished picture

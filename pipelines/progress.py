@@ -12,7 +12,7 @@ No torch here: the studio's workers hand out tokens before the engine loads.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 ProgressFn = Callable[[int, int], None]
 
@@ -31,8 +31,14 @@ class CancelToken:
         return self._event.is_set()
 
 
-def on_step_end(progress: ProgressFn | None, cancel: CancelToken | None, index: int, count: int, default: int,
-                preview: Callable[[int, int, dict], None] | None = None):
+def on_step_end(
+    progress: ProgressFn | None,
+    cancel: CancelToken | None,
+    index: int,
+    count: int,
+    default: int,
+    preview: Callable[[int, int, dict], None] | None = None,
+):
     """Per-step progress over all of a run's prompts, previews, and the cooperative cancel."""
 
     def callback(pipeline, step, timestep, tensors):

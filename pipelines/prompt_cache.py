@@ -45,8 +45,18 @@ class TextEmbeddingCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def embeds(self, pipe: Any, family: str, model: tuple[str, str], prompt: str, negative_prompt: str = "", *,
-               cfg: bool, device: torch.device, text_loras: tuple = ()) -> dict[str, torch.Tensor]:
+    def embeds(
+        self,
+        pipe: Any,
+        family: str,
+        model: tuple[str, str],
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        cfg: bool,
+        device: torch.device,
+        text_loras: tuple = (),
+    ) -> dict[str, torch.Tensor]:
         """The pipeline call's embedding arguments for ``prompt``; ``model`` is (name, revision)."""
         if family == "flux":
             return self._flux(pipe, model, prompt, device)

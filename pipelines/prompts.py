@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
 from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
-from diffusion_prompt_embedder import parse_prompt_attention
 from diffusers import DiffusionPipeline
+from diffusion_prompt_embedder import parse_prompt_attention
 
 from pipelines.limits import RequestError
 
@@ -79,7 +79,10 @@ def check(text: str, field: str) -> None:
 
 def _encoders(pipe: DiffusionPipeline) -> list[tuple]:
     """(tokenizer, text encoder) pairs in the order the family concatenates them; SDXL's refiner has only the second."""
-    pairs = [(pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]
+    pairs = [
+        (pipe.tokenizer, pipe.text_encoder),
+        (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)),
+    ]
     return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
 
 
@@ -122,7 +125,9 @@ def _encode_plain(pipe, family, prompt, negative_prompt, *, device, guidance) ->
     return dict(zip(names, embeds))
 
 
-def _encode_weighted(pipe, family, encoders, prompt, negative_prompt, *, device, guidance) -> dict[str, torch.Tensor | None]:
+def _encode_weighted(
+    pipe, family, encoders, prompt, negative_prompt, *, device, guidance
+) -> dict[str, torch.Tensor | None]:
     positive_parts = _parse(prompt, "prompt")
     negative_parts = _parse(negative_prompt, "negative_prompt")
     # SDXL conditions on zeros, not on the empty prompt, when there is no negative prompt.
@@ -164,7 +169,9 @@ def _encode_weighted(pipe, family, encoders, prompt, negative_prompt, *, device,
         elif zero_negative:
             result["negative_pooled_prompt_embeds"] = torch.zeros_like(result["pooled_prompt_embeds"])
         else:
-            result["negative_pooled_prompt_embeds"] = pooled.get_pooled_embeddings([_text(negative_parts)], device=device)
+            result["negative_pooled_prompt_embeds"] = pooled.get_pooled_embeddings(
+                [_text(negative_parts)], device=device
+            )
     return result
 
 

@@ -12,7 +12,8 @@ its pipeline; this module runs it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -52,10 +53,21 @@ class Stages:
             self.progress(self.done_by_base + done, self.total)
 
 
-def refine(loaded: LoadedModel, pipe: Any, request: GenerationRequest, prompt: str, latents: torch.Tensor,
-           generators: list[torch.Generator], *, stages: Stages, cancel: CancelToken | None,
-           preview: Callable[[Any], None] | None, switches: Switches, text_cache: TextEmbeddingCache,
-           device: torch.device) -> list[Any]:
+def refine(
+    loaded: LoadedModel,
+    pipe: Any,
+    request: GenerationRequest,
+    prompt: str,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    *,
+    stages: Stages,
+    cancel: CancelToken | None,
+    preview: Callable[[Any], None] | None,
+    switches: Switches,
+    text_cache: TextEmbeddingCache,
+    device: torch.device,
+) -> list[Any]:
     """Finish the base's latents with the refiner (``loaded``, its image-to-image ``pipe``) from ``refiner_switch`` on."""
     # The LoRAs and the reference image are the base's: a model used as a refiner runs as itself,
     # whatever an earlier run of it as a base left attached.
@@ -66,16 +78,29 @@ def refine(loaded: LoadedModel, pipe: Any, request: GenerationRequest, prompt: s
     previews = loaded.previews(pipe, preview)
     cfg = request.guidance_scale > 1
     output = pipe(
-        **text_cache.embeds(pipe, loaded.family, (loaded.source.name, loaded.revision), prompt, request.negative_prompt,
-                            cfg=cfg, device=device),
+        **text_cache.embeds(
+            pipe,
+            loaded.family,
+            (loaded.source.name, loaded.revision),
+            prompt,
+            request.negative_prompt,
+            cfg=cfg,
+            device=device,
+        ),
         image=latents,
         num_inference_steps=request.num_inference_steps,
         denoising_start=request.refiner_switch,
         guidance_scale=request.guidance_scale,
         num_images_per_prompt=request.batch_size,
         generator=generators,
-        callback_on_step_end=on_step_end(stages.refiner, cancel, 0, 1, request.num_inference_steps,
-                                         previews((request.width, request.height)) if previews else None),
+        callback_on_step_end=on_step_end(
+            stages.refiner,
+            cancel,
+            0,
+            1,
+            request.num_inference_steps,
+            previews((request.width, request.height)) if previews else None,
+        ),
         output_type="pil",
     )
     return output.images

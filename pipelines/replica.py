@@ -145,24 +145,34 @@ def deployment(
         def environment(self) -> dict[str, Any]:
             return {**self.engine.environment(), "node": self.where["node"], "replica": self.where["replica"]}
 
-        async def describe(self, request: dict[str, Any] | None = None,
-                           inputs: dict[str, bytes] | None = None) -> dict[str, Any]:
+        async def describe(
+            self, request: dict[str, Any] | None = None, inputs: dict[str, bytes] | None = None
+        ) -> dict[str, Any]:
             """Load the model named in the call (and check `request` against it); its revision and family."""
             loaded = await self.model(serve.get_multiplexed_model_id())
             if request is not None:
                 images = {key: from_png(data) for key, data in (inputs or {}).items()}
                 await asyncio.to_thread(self.engine.check, request_from_dict(request, images))
-            return {"revision": loaded.revision, "family": loaded.family, "environment": self.environment(),
-                    **self.where}
+            return {
+                "revision": loaded.revision,
+                "family": loaded.family,
+                "environment": self.environment(),
+                **self.where,
+            }
 
-        async def generate(self, params: dict[str, Any], inputs: dict[str, bytes],
-                           previews: bool) -> AsyncIterator[dict[str, Any]]:
+        async def generate(
+            self, params: dict[str, Any], inputs: dict[str, bytes], previews: bool
+        ) -> AsyncIterator[dict[str, Any]]:
             """Run one request, yielding its events as they happen (see the module's docstring)."""
             # 1. The request, its inputs and its model (already here, when Serve routed well).
             request = request_from_dict(params, {key: from_png(data) for key, data in inputs.items()})
             loaded = await self.model(serve.get_multiplexed_model_id())
-            yield {"event": "started", "model_revision": loaded.revision, "environment": self.environment(),
-                   **self.where}
+            yield {
+                "event": "started",
+                "model_revision": loaded.revision,
+                "environment": self.environment(),
+                **self.where,
+            }
             # 2. The engine runs in a thread; its callbacks hop onto this loop's queue.
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -177,11 +187,16 @@ def deployment(
                         request,
                         progress=lambda step, total: put({"event": "step", "step": step, "total": total}),
                         cancel=cancel,
-                        preview=(lambda image: put({"event": "preview", "image": png_bytes(image)})) if previews else None,
+                        preview=(lambda image: put({"event": "preview", "image": png_bytes(image)}))
+                        if previews
+                        else None,
                     )
                     event = result_event(result)
-                    event["environment"] = {**event["environment"], "node": self.where["node"],
-                                            "replica": self.where["replica"]}
+                    event["environment"] = {
+                        **event["environment"],
+                        "node": self.where["node"],
+                        "replica": self.where["replica"],
+                    }
                     put(event)
                 except BaseException as error:  # noqa: BLE001 - handed to the caller's side below
                     if _out_of_memory(error):

@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipelines import lora, preprocessors
 from pipelines.images import output_size
+
 # The UI and the CLI import the limits from here too, beside the requests they bound.
 from pipelines.limits import (
     MAX_BATCH,
@@ -108,7 +109,9 @@ class GenerationRequest:
         object.__setattr__(self, "guidance_scale", float(guidance))
         _check_image("ip_adapter_image", self.ip_adapter_image, required=False)
         object.__setattr__(self, "loras", _check_loras(self.loras))
-        object.__setattr__(self, "ip_adapter_scale", _check_fraction("ip_adapter_scale", self.ip_adapter_scale, 0.0, 2.0))
+        object.__setattr__(
+            self, "ip_adapter_scale", _check_fraction("ip_adapter_scale", self.ip_adapter_scale, 0.0, 2.0)
+        )
         if self.variation_seed is not None:
             _check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
         object.__setattr__(self, "variation_strength", _check_fraction("variation_strength", self.variation_strength))
@@ -120,15 +123,21 @@ class GenerationRequest:
         if not isinstance(self.model, str) or not self.model.strip():
             raise RequestError("model must name a model: 'embedded', a folder, a .safetensors file or a hub id.")
         if self.variation_strength > 0 and not self.VARIATIONS:
-            raise RequestError(f"variation_seed applies to text-to-image and ControlNet; {self.task} starts from its image.")
+            raise RequestError(
+                f"variation_seed applies to text-to-image and ControlNet; {self.task} starts from its image."
+            )
         if self.refiner is not None:
             if not isinstance(self.refiner, str) or not self.refiner.strip() or len(self.refiner) > MAX_PROMPT_CHARS:
-                raise RequestError("refiner must name an SDXL refiner model: a folder, a .safetensors file or a hub id.")
+                raise RequestError(
+                    "refiner must name an SDXL refiner model: a folder, a .safetensors file or a hub id."
+                )
             if not self.REFINES:
                 raise RequestError(f"refiner applies to text-to-image and image-to-image; remove it for {self.task}.")
         switch = self.refiner_switch
         if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0 < switch < 1:
-            raise RequestError(f"refiner_switch must be a number between 0 and 1 (the base's share of the steps); got {switch!r}.")
+            raise RequestError(
+                f"refiner_switch must be a number between 0 and 1 (the base's share of the steps); got {switch!r}."
+            )
         object.__setattr__(self, "refiner_switch", float(switch))
 
     @property
@@ -191,7 +200,9 @@ class GenerationRequest:
     @property
     def input_images(self) -> list[tuple[str, ImageRef]]:
         """(role, image) of every input, in the order the gallery stores them."""
-        return self._task_inputs() + ([("reference", self.ip_adapter_image)] if self.ip_adapter_image is not None else [])
+        return self._task_inputs() + (
+            [("reference", self.ip_adapter_image)] if self.ip_adapter_image is not None else []
+        )
 
     def _task_inputs(self) -> list[tuple[str, ImageRef]]:
         return []
@@ -287,7 +298,9 @@ def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, 
 
 def _check_loras(value: Any) -> tuple[tuple[str, float], ...]:
     """(name, weight) pairs; whether each file exists is the LoRA folder's to say (pipelines.lora)."""
-    if not isinstance(value, (list, tuple)) or not all(isinstance(item, (list, tuple)) and len(item) == 2 for item in value):
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(item, (list, tuple)) and len(item) == 2 for item in value
+    ):
         raise RequestError(f"loras must be a list of [name, weight] pairs; got {value!r:.80}.")
     if len(value) > lora.MAX_LORAS:
         raise RequestError(f"loras must name at most {lora.MAX_LORAS} LoRAs; got {len(value)}.")
@@ -396,7 +409,9 @@ class InpaintRequest(GenerationRequest):
         image, mask = self.image.image, self.mask_image.image
         if image is not None and mask is not None:
             if mask.size != image.size:
-                raise RequestError(f"mask_image must be the size of image ({image.width}x{image.height}); got {mask.width}x{mask.height}.")
+                raise RequestError(
+                    f"mask_image must be the size of image ({image.width}x{image.height}); got {mask.width}x{mask.height}."
+                )
             if mask.mode != "L":
                 raise RequestError(f"mask_image must be a greyscale (L) mask; got mode {mask.mode}.")
 
@@ -513,7 +528,9 @@ class ControlNetRequest(GenerationRequest):
         object.__setattr__(self, "strength", _check_fraction("strength", self.strength, open_low=True))
         _check_word("resize_mode", self.resize_mode, RESIZE_MODES)
         if self.variation_strength > 0 and self.image is not None:
-            raise RequestError("variation_seed applies to ControlNet without an init image; remove the image or the variation.")
+            raise RequestError(
+                "variation_seed applies to ControlNet without an init image; remove the image or the variation."
+            )
 
     @property
     def mode(self) -> str:

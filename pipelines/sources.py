@@ -51,7 +51,9 @@ def resolve_source(model: str) -> ModelSource:
     if _HUB_ID.match(model) and not model.startswith((".", "~")):
         return ModelSource(model, "hub", model)
     if path.is_absolute() or model.startswith((".", "~")):
-        raise ModelError(f"model {model!r} is not on this machine (no such folder or file): its weights are gone or were never here.")
+        raise ModelError(
+            f"model {model!r} is not on this machine (no such folder or file): its weights are gone or were never here."
+        )
     raise ModelError(
         f"model must be 'embedded', a diffusers folder, a .safetensors file or a hub id like 'org/name'; got {model!r}."
     )

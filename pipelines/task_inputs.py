@@ -15,8 +15,9 @@ No torch here; the images are PIL's.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -96,7 +97,9 @@ class TaskInputs:
         size = (request.width, request.height)
         controls = [
             resize_to(
-                preprocessors.run(unit.preprocessor, _rgb(_pixels(unit.image, "control image")), **unit.preprocessor_params),
+                preprocessors.run(
+                    unit.preprocessor, _rgb(_pixels(unit.image, "control image")), **unit.preprocessor_params
+                ),
                 *size,
                 request.resize_mode,
             )
@@ -106,7 +109,10 @@ class TaskInputs:
         control = controls[0] if single else controls
         arguments = request.pipeline_arguments()
         if single:  # one ControlNet takes plain numbers, several take lists
-            overrides = {key: arguments[key][0] for key in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
+            overrides = {
+                key: arguments[key][0]
+                for key in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+            }
         else:
             overrides = {}
         task = cls(
@@ -119,7 +125,11 @@ class TaskInputs:
             task.arguments = {"image": control, **overrides}
             return task
         original = _pixels(request.image, "image")
-        task.arguments = {"image": resize_to(_rgb(original), *size, request.resize_mode), "control_image": control, **overrides}
+        task.arguments = {
+            "image": resize_to(_rgb(original), *size, request.resize_mode),
+            "control_image": control,
+            **overrides,
+        }
         if request.mode == "inpaint":
             region = _pixels(request.mask_image, "mask_image")
             task.arguments["mask_image"] = resize_to(region, *size, request.resize_mode)

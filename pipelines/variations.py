@@ -37,10 +37,12 @@ def variation_latents(pipe: Any, request: GenerationRequest) -> torch.Tensor:
     def noise(seed: int) -> torch.Tensor:
         return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
-    blended = torch.cat([
-        _slerp(noise(seed), noise(other), request.variation_strength)
-        for seed, other in zip(request.seeds, request.variation_seeds)
-    ])
+    blended = torch.cat(
+        [
+            _slerp(noise(seed), noise(other), request.variation_strength)
+            for seed, other in zip(request.seeds, request.variation_seeds)
+        ]
+    )
     if flux:
         blended = pipe._pack_latents(blended, len(request.seeds), channels, height, width)
     denoiser = pipe.transformer if flux else pipe.unet

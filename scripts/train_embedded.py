@@ -89,12 +89,16 @@ def load_components():
 def save(components, *, note: str) -> None:
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     staging = FOLDER.with_name(FOLDER.name + ".saving")
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     pipe.to(torch.float32)
     card = ("atelier.json", "README.md", "training_log.jsonl", "loss.png")
-    evaluations = tuple(path.name for path in FOLDER.glob("evaluation*.json")) + tuple(path.name for path in FOLDER.glob("samples*.png"))
+    evaluations = tuple(path.name for path in FOLDER.glob("evaluation*.json")) + tuple(
+        path.name for path in FOLDER.glob("samples*.png")
+    )
     for keep in card + evaluations:
         if (FOLDER / keep).exists():
             (staging / keep).write_bytes((FOLDER / keep).read_bytes())
@@ -209,8 +213,13 @@ class _Captions:
         texts = [caption(self.scenes[i], rng) if rng.random() >= dropout else "" for i in index]
         missing = sorted({t for t in texts if t not in self.ids})
         if missing:
-            encoded = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").input_ids
+            encoded = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             self.ids.update(zip(missing, encoded))
         return torch.stack([self.ids[t] for t in texts])
 
@@ -306,7 +315,13 @@ def train_unet(args) -> None:
     unet.train()
     text_encoder.train()
     data = _Data(args, vae, tokenizer, device)
-    scheduler, alphas, scenes, captions, latents_all = data.scheduler, data.alphas, data.scenes, data.captions, data.latents
+    scheduler, alphas, scenes, captions, latents_all = (
+        data.scheduler,
+        data.alphas,
+        data.scenes,
+        data.captions,
+        data.latents,
+    )
     optimizer = torch.optim.AdamW(
         [{"params": unet.parameters()}, {"params": text_encoder.parameters()}], lr=args.lr, weight_decay=1e-2
     )
@@ -332,12 +347,20 @@ def train_unet(args) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         optimizer.step()
-        _update_ema(((unet, ema_unet), (text_encoder, ema_text)), min(args.ema, (1 + step - start) / (10 + step - start)))
+        _update_ema(
+            ((unet, ema_unet), (text_encoder, ema_text)), min(args.ema, (1 + step - start) / (10 + step - start))
+        )
         losses.append(loss.detach())
         step += 1
         if step % 50 == 0:
-            log("unet", step=step, loss=round(torch.stack(losses).mean().item(), 5), batch=args.batch,
-                device=device.type, seconds=round(time.perf_counter() - plan.began, 1))
+            log(
+                "unet",
+                step=step,
+                loss=round(torch.stack(losses).mean().item(), 5),
+                batch=args.batch,
+                device=device.type,
+                seconds=round(time.perf_counter() - plan.began, 1),
+            )
             losses = []
         if step % args.save_every == 0:
             _save_unet(components, ema_unet, ema_text, state, step)
@@ -376,7 +399,13 @@ def train_controlnet(args) -> None:
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
     controlnet.to(device).train()
     data = _Data(args, vae, tokenizer, device)
-    scheduler, alphas, scenes, captions, latents_all = data.scheduler, data.alphas, data.scenes, data.captions, data.latents
+    scheduler, alphas, scenes, captions, latents_all = (
+        data.scheduler,
+        data.alphas,
+        data.scenes,
+        data.captions,
+        data.latents,
+    )
     edges_all = data.pool["edges"].to(device)
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=1e-2)
     ema = copy.deepcopy(controlnet).eval()
@@ -392,15 +421,19 @@ def train_controlnet(args) -> None:
         ids = captions(index, rng, dropout=0.5).to(device)
         where = torch.from_numpy(index).to(device)
         latents = latents_all[where]
-        control = (edges_all[where].float() / 255).unsqueeze(1).expand(-1, 3, -1, -1)  # [0, 1], as the pipeline feeds it
+        control = (
+            (edges_all[where].float() / 255).unsqueeze(1).expand(-1, 3, -1, -1)
+        )  # [0, 1], as the pipeline feeds it
         noisy, timesteps, target, weight = _diffusion_batch(scheduler, alphas, latents, rng, device, args.batch)
         with torch.no_grad(), _autocast(device):
             hidden = text_encoder(ids)[0]
         with _autocast(device):
-            down, mid = controlnet(noisy, timesteps, encoder_hidden_states=hidden, controlnet_cond=control,
-                                   return_dict=False)
-            prediction = unet(noisy, timesteps, hidden, down_block_additional_residuals=down,
-                              mid_block_additional_residual=mid).sample
+            down, mid = controlnet(
+                noisy, timesteps, encoder_hidden_states=hidden, controlnet_cond=control, return_dict=False
+            )
+            prediction = unet(
+                noisy, timesteps, hidden, down_block_additional_residuals=down, mid_block_additional_residual=mid
+            ).sample
         loss = (weight * ((prediction.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         for group in optimizer.param_groups:
             group["lr"] = args.lr * plan.factor(step)
@@ -412,8 +445,14 @@ def train_controlnet(args) -> None:
         losses.append(loss.detach())
         step += 1
         if step % 50 == 0:
-            log("controlnet", step=step, loss=round(torch.stack(losses).mean().item(), 5), batch=args.batch,
-                device=device.type, seconds=round(time.perf_counter() - plan.began, 1))
+            log(
+                "controlnet",
+                step=step,
+                loss=round(torch.stack(losses).mean().item(), 5),
+                batch=args.batch,
+                device=device.type,
+                seconds=round(time.perf_counter() - plan.began, 1),
+            )
             losses = []
         if step % args.save_every == 0:
             _save_controlnet(ema, state, step)
@@ -465,10 +504,13 @@ def plot_loss(_args=None) -> None:
         span_x = max(1, max(steps) - min(steps))
         low, high = min(logs), max(logs)
         span_y = max(1e-6, high - low)
-        xy = [(x0 + (s - min(steps)) / span_x * (x1 - x0), y1 - (v - low) / span_y * (y1 - y0)) for s, v in zip(steps, logs)]
+        xy = [
+            (x0 + (s - min(steps)) / span_x * (x1 - x0), y1 - (v - low) / span_y * (y1 - y0))
+            for s, v in zip(steps, logs)
+        ]
         draw.rectangle((x0, y0, x1, y1), outline=(180, 180, 180))
         draw.line(xy, fill=(30, 60, 220), width=2)
-        draw.text((x0, 4), f"{stage}: loss {10 ** high:.3g} -> {10 ** logs[-1]:.3g} (log scale)", fill="black")
+        draw.text((x0, 4), f"{stage}: loss {10**high:.3g} -> {10 ** logs[-1]:.3g} (log scale)", fill="black")
         draw.text((x0, y1 + 6), f"step {min(steps)}", fill="black")
         draw.text((x1 - 70, y1 + 6), f"step {max(steps)}", fill="black")
     sheet.save(FOLDER / "loss.png")

@@ -167,7 +167,9 @@ def _tiny_sdxl_refiner():
         tokenizer=None,
         tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
         requires_aesthetics_score=True,
     )
 
@@ -243,8 +245,15 @@ def _tiny_flux():
     tokenizer = make_tokenizer(max_length=77)
     torch.manual_seed(3)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(3)
     clip = CLIPTextModel(_text_config(tokenizer))
@@ -253,14 +262,28 @@ def _tiny_flux():
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
     torch.manual_seed(3)
     vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.06, scaling_factor=1.5,
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.06,
+        scaling_factor=1.5,
     )
     return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip, tokenizer=tokenizer,
-        text_encoder_2=t5, tokenizer_2=make_tokenizer(max_length=77), transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=make_tokenizer(max_length=77),
+        transformer=transformer,
     )
 
 
@@ -293,8 +316,12 @@ def read_drawing():
     def read(engine, prompt, seed):
         defaults = embedded.defaults()
         request = Text2ImgRequest(
-            prompt=prompt, seed=seed, width=defaults["width"], height=defaults["height"],
-            num_inference_steps=defaults["num_inference_steps"], guidance_scale=defaults["guidance_scale"],
+            prompt=prompt,
+            seed=seed,
+            width=defaults["width"],
+            height=defaults["height"],
+            num_inference_steps=defaults["num_inference_steps"],
+            guidance_scale=defaults["guidance_scale"],
             sampler=defaults["sampler"],
         )
         return classify(engine.run(request).images[0])

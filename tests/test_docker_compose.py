@@ -54,11 +54,7 @@ def _find_compose_binary() -> Path | None:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("COMPOSE_") and k != "ATELIER_MODEL"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k != "ATELIER_MODEL"}
     env.update(extra)
     return env
 
@@ -74,9 +70,7 @@ def compose_bin() -> Path:
             "The 'docker-compose' console script is not used because it always exits 0.",
             pytrace=False,
         )
-    proc = subprocess.run(
-        [str(binary), "version"], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "v2." in proc.stdout, f"unexpected compose version: {proc.stdout!r}"
     return binary
@@ -97,9 +91,7 @@ def _config(binary: Path, compose_file: Path, **env: str) -> subprocess.Complete
 def config(compose_bin: Path) -> dict:
     assert COMPOSE_FILE.is_file(), f"missing {COMPOSE_FILE}"
     proc = _config(compose_bin, COMPOSE_FILE)
-    assert proc.returncode == 0, (
-        f"`docker compose config` exited {proc.returncode}:\n{proc.stderr}"
-    )
+    assert proc.returncode == 0, f"`docker compose config` exited {proc.returncode}:\n{proc.stderr}"
     return json.loads(proc.stdout)
 
 
@@ -129,10 +121,7 @@ def test_image_and_restart_policy(service: dict) -> None:
 
 
 def test_publishes_port_7860(service: dict) -> None:
-    ports = [
-        (str(p.get("published")), int(p["target"]), p.get("protocol", "tcp"))
-        for p in service.get("ports", [])
-    ]
+    ports = [(str(p.get("published")), int(p["target"]), p.get("protocol", "tcp")) for p in service.get("ports", [])]
     assert ("7860", 7860, "tcp") in ports, ports
 
 
@@ -233,9 +222,7 @@ def test_dockerfile_installs_torch_pair_before_project() -> None:
         ),
         None,
     )
-    assert torch_idx is not None, (
-        f"no single RUN installs {TORCH_PIN} together with {TORCHVISION_PIN}"
-    )
+    assert torch_idx is not None, f"no single RUN installs {TORCH_PIN} together with {TORCHVISION_PIN}"
     copy_idx = next(i for i, (kw, _) in enumerate(instrs) if kw in ("COPY", "ADD"))
     project_idx = next(
         (
@@ -263,7 +250,14 @@ def test_dockerfile_runtime_settings() -> None:
     assert any(kw == "EXPOSE" and "7860" in rest.split() for kw, rest in instrs)
     cmd = [rest for kw, rest in instrs if kw == "CMD"][-1]
     assert json.loads(cmd) == [
-        "atelier", "serve", "--host", "0.0.0.0", "--port", "7860", "--data", "/data",
+        "atelier",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "7860",
+        "--data",
+        "/data",
     ]
 
 
@@ -287,9 +281,7 @@ def test_broken_compose_file_is_rejected(compose_bin: Path, tmp_path: Path, muta
     bad = tmp_path / "docker-compose.yml"
     bad.write_text(broken)
     proc = _config(compose_bin, bad)
-    assert proc.returncode != 0, (
-        f"compose accepted a broken file:\n{proc.stdout}\n{proc.stderr}"
-    )
+    assert proc.returncode != 0, f"compose accepted a broken file:\n{proc.stdout}\n{proc.stderr}"
     assert proc.stderr.strip(), "non-zero exit without an error message"
 
 
@@ -300,7 +292,11 @@ def test_broken_compose_file_is_rejected(compose_bin: Path, tmp_path: Path, muta
 def cluster(compose_bin: Path) -> dict:
     proc = subprocess.run(
         [str(compose_bin), "-f", str(COMPOSE_FILE), "--profile", "cluster", "config", "--format", "json"],
-        capture_output=True, text=True, timeout=120, cwd=COMPOSE_FILE.parent, env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=COMPOSE_FILE.parent,
+        env=_clean_env(),
     )
     assert proc.returncode == 0, f"`docker compose --profile cluster config` exited {proc.returncode}:\n{proc.stderr}"
     return json.loads(proc.stdout)

@@ -29,8 +29,12 @@ def _module_name(path: Path) -> str:
 
 
 def _sources() -> dict[str, Path]:
-    return {_module_name(path): path for room in ROOMS for path in sorted((ROOT / room).rglob("*.py"))
-            if "migrations" not in path.parts}
+    return {
+        _module_name(path): path
+        for room in ROOMS
+        for path in sorted((ROOT / room).rglob("*.py"))
+        if "migrations" not in path.parts
+    }
 
 
 def _imports(name: str, path: Path) -> set[str]:
@@ -123,8 +127,11 @@ def test_a_room_imports_only_what_it_may(room):
 
 
 def test_no_module_is_a_house_of_many_rooms():
-    long = {str(path.relative_to(ROOT)): count for path in _sources().values()
-            if (count := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(path.relative_to(ROOT)): count
+        for path in _sources().values()
+        if (count := len(path.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 

@@ -38,8 +38,9 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
         with gr.Row():
             gr.Markdown(f"# Atelier\ndata: `{settings.data_dir}`", elem_id="atelier-header")
             # One picker above the tabs, so it is there in every tab; requests record the model's source.
-            picker = gr.Dropdown([m.name for m in models], value=find(models, settings.model).name,
-                                 label="Model", scale=1)
+            picker = gr.Dropdown(
+                [m.name for m in models], value=find(models, settings.model).name, label="Model", scale=1
+            )
             picked = gr.Markdown()
         runner = Runner(jobs=jobs, gallery=gallery, models=models, settings=settings, picker=picker)
         with gr.Tabs() as tabs:
@@ -55,8 +56,9 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
                 gallery_view = gallery_tab.build(settings=settings, gallery=gallery, jobs=jobs, workers=studio.workers)
         # A new image shows up in the gallery without a manual refresh.
         for tab in (txt2img, img2img, inpaint, controlnet):
-            tab.generated.success(gallery_view.refresh, outputs=gallery_view.outputs, queue=False,
-                                  api_visibility="private")
+            tab.generated.success(
+                gallery_view.refresh, outputs=gallery_view.outputs, queue=False, api_visibility="private"
+            )
 
         # "Send to its tab": every field filled from the record, to change one thing.
         fields = txt2img.fields
@@ -72,14 +74,22 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
             params = record.params
             if params["task"] != "txt2img":
                 return [gr.update()] * len(fields) + [gr.Tabs(selected=params["task"])] + [gr.update()] * len(styles)
-            reference = next((str(gallery.path(image.path)) for image in record.images if image.role == "reference"),
-                             None)
-            return [params[name] for name in fields] + [gr.Tabs(selected="txt2img")] + \
-                style.values_from(params, styles, reference)
+            reference = next(
+                (str(gallery.path(image.path)) for image in record.images if image.role == "reference"), None
+            )
+            return (
+                [params[name] for name in fields]
+                + [gr.Tabs(selected="txt2img")]
+                + style.values_from(params, styles, reference)
+            )
 
         # The style controls come after the tab switch: API clients reading the first outputs keep working.
-        gallery_view.send_button.click(send, inputs=gallery_view.record_id,
-                                       outputs=[*fields.values(), tabs, *styles.values()], api_name="send_to_tab")
+        gallery_view.send_button.click(
+            send,
+            inputs=gallery_view.record_id,
+            outputs=[*fields.values(), tabs, *styles.values()],
+            api_name="send_to_tab",
+        )
         app.load(gallery_view.refresh, outputs=gallery_view.outputs, queue=False, api_visibility="private")
 
         def pick(name, progress=gr.Progress()):
@@ -93,8 +103,10 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
             except Exception as error:  # a missing file, an unsupported model: said, and the old one stays
                 raise gr.Error(f"{entry.name} could not be loaded: {error}") from None
             defaults = entry.defaults()
-            note = (f"**{entry.name}** loaded ({loaded.family}, revision `{loaded.revision[:12]}`); "
-                    f"{len(studio.engine.resident())} of {studio.engine.max_models} models in memory.")
+            note = (
+                f"**{entry.name}** loaded ({loaded.family}, revision `{loaded.revision[:12]}`); "
+                f"{len(studio.engine.resident())} of {studio.engine.max_models} models in memory."
+            )
             if not entry.negative_prompt_applies:
                 note += " Its guidance is built in: no negative prompt, sampler Euler."
             updates = [defaults[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
@@ -111,10 +123,18 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
             refiner = gr.update(visible=family == "sdxl")
             return [negative] * len(negatives) + [refiner] * len(refiner_boxes)
 
-        fields_for_model = [fields[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
-        picker.change(pick, inputs=picker, outputs=[picked, *fields_for_model, fields["negative_prompt"]], api_name="pick_model"
-                      ).then(hide_what_does_not_apply, inputs=picker, outputs=[*negatives, *refiner_boxes], queue=False,
-                             api_visibility="private")
+        fields_for_model = [
+            fields[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")
+        ]
+        picker.change(
+            pick, inputs=picker, outputs=[picked, *fields_for_model, fields["negative_prompt"]], api_name="pick_model"
+        ).then(
+            hide_what_does_not_apply,
+            inputs=picker,
+            outputs=[*negatives, *refiner_boxes],
+            queue=False,
+            api_visibility="private",
+        )
     # The GPU events only queue a job and wait for it (webui/jobs.py); the
     # workers are the GPU's concurrency. Every handler in the "gpu" group gets
     # the waiting limit, whatever its tab asked for: Gradio takes the lowest
@@ -183,8 +203,10 @@ def serve(settings: Settings) -> None:
         # Import torch and load the model while the page is already up: the first
         # click then waits on the engine's lock instead of the page on the model.
         threading.Thread(target=_warm_up, args=(services.studio,), daemon=True).start()
-        print(f"Atelier on http://{settings.host}:{settings.port} · model {settings.model} · data {settings.data_dir}",
-              flush=True)
+        print(
+            f"Atelier on http://{settings.host}:{settings.port} · model {settings.model} · data {settings.data_dir}",
+            flush=True,
+        )
         accounts = services.users.count_users()
         if accounts:
             print(f"{accounts} account{'s' if accounts > 1 else ''}: everyone logs in.", flush=True)

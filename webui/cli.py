@@ -12,8 +12,9 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipelines.requests import REQUEST_TYPES, RESIZE_MODES, RequestError
 from pipelines.samplers import SAMPLER_NAMES
@@ -37,9 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 7860)")
     serve.add_argument("--model", help="'embedded', a diffusers folder, a .safetensors file or a hub id")
-    serve.add_argument("--executor", choices=("local", "ray"),
-                       help="local: this process's GPU (default); ray: a Ray Serve pool of GPUs")
-    serve.add_argument("--ray-address", help="HOST:PORT of the Ray head; default: start Ray here with this machine's GPUs")
+    serve.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="local: this process's GPU (default); ray: a Ray Serve pool of GPUs",
+    )
+    serve.add_argument(
+        "--ray-address", help="HOST:PORT of the Ray head; default: start Ray here with this machine's GPUs"
+    )
 
     generate = command("generate", "Generate images and keep them in the gallery.")
     generate.add_argument("--prompt", required=True)
@@ -53,25 +59,52 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=1)
     generate.add_argument("--model", default=None)
     generate.add_argument("--task", choices=list(REQUEST_TYPES), default="txt2img")
-    generate.add_argument("--image", type=Path, help="img2img / inpaint: the picture to start from; controlnet: optional init image")
-    generate.add_argument("--strength", type=float, default=None, help="img2img, inpaint: 0 keeps the image, 1 replaces it")
-    generate.add_argument("--resize-mode", choices=RESIZE_MODES, default=None, help="an image of another size: fit, crop or pad")
-    generate.add_argument("--mask", type=Path, help="inpaint: white = regenerate; default: the product is found and kept")
+    generate.add_argument(
+        "--image", type=Path, help="img2img / inpaint: the picture to start from; controlnet: optional init image"
+    )
+    generate.add_argument(
+        "--strength", type=float, default=None, help="img2img, inpaint: 0 keeps the image, 1 replaces it"
+    )
+    generate.add_argument(
+        "--resize-mode", choices=RESIZE_MODES, default=None, help="an image of another size: fit, crop or pad"
+    )
+    generate.add_argument(
+        "--mask", type=Path, help="inpaint: white = regenerate; default: the product is found and kept"
+    )
     generate.add_argument("--mask-method", default="auto", help="inpaint without --mask: auto, alpha, grabcut or rembg")
-    generate.add_argument("--mask-grow", type=int, default=None, help="inpaint: pixels the regenerated area grows (<0 shrinks)")
+    generate.add_argument(
+        "--mask-grow", type=int, default=None, help="inpaint: pixels the regenerated area grows (<0 shrinks)"
+    )
     generate.add_argument("--mask-feather", type=int, default=None, help="inpaint: pixels of soft seam")
-    generate.add_argument("--control-image", type=Path, action="append", default=[], help="controlnet: repeat for several")
-    generate.add_argument("--preprocessor", default="canny", help="controlnet: canny, lineart_standard, shuffle, none, ...")
+    generate.add_argument(
+        "--control-image", type=Path, action="append", default=[], help="controlnet: repeat for several"
+    )
+    generate.add_argument(
+        "--preprocessor", default="canny", help="controlnet: canny, lineart_standard, shuffle, none, ..."
+    )
     generate.add_argument("--controlnet", default=None, help="controlnet: a listed name, a folder, a file or a hub id")
     generate.add_argument("--conditioning-scale", type=float, default=1.0)
-    generate.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
-                          help="a LoRA from the LoRA folder, weight 1 unless given; repeat for several")
+    generate.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[:WEIGHT]",
+        help="a LoRA from the LoRA folder, weight 1 unless given; repeat for several",
+    )
     generate.add_argument("--reference", type=Path, help="a reference image for the IP-Adapter (style or composition)")
     generate.add_argument("--reference-scale", type=float, default=None, help="how strongly the reference steers (0-2)")
-    generate.add_argument("--variation-seed", type=int, default=None, help="txt2img, controlnet: a second seed blended in")
-    generate.add_argument("--variation-strength", type=float, default=None, help="0: the seed's image, 1: the variation seed's")
-    generate.add_argument("--refiner", default=None, help="txt2img, img2img on SDXL: a refiner model that finishes the image")
-    generate.add_argument("--refiner-switch", type=float, default=None, help="share of the steps the base does (default 0.8)")
+    generate.add_argument(
+        "--variation-seed", type=int, default=None, help="txt2img, controlnet: a second seed blended in"
+    )
+    generate.add_argument(
+        "--variation-strength", type=float, default=None, help="0: the seed's image, 1: the variation seed's"
+    )
+    generate.add_argument(
+        "--refiner", default=None, help="txt2img, img2img on SDXL: a refiner model that finishes the image"
+    )
+    generate.add_argument(
+        "--refiner-switch", type=float, default=None, help="share of the steps the base does (default 0.8)"
+    )
     generate.add_argument("--json", action="store_true", help="print one JSON object")
 
     rerun = command("rerun", "Run a gallery record again and say whether it reproduced.")
@@ -172,7 +205,9 @@ def _loras(given: list[str]) -> tuple[tuple[str, float], ...]:
         try:
             pairs.append((name, float(weight)))
         except ValueError:
-            raise RequestError(f"--lora must be NAME or NAME:WEIGHT with a number for the weight; got {item!r}.") from None
+            raise RequestError(
+                f"--lora must be NAME or NAME:WEIGHT with a number for the weight; got {item!r}."
+            ) from None
     return tuple(pairs)
 
 
@@ -192,7 +227,8 @@ def _record_json(record, gallery) -> dict[str, Any]:
         "id": record.id,
         "status": record.status,
         "images": [
-            {"path": str(gallery.path(image.path)), "sha256": image.sha256, "seed": image.seed} for image in record.outputs
+            {"path": str(gallery.path(image.path)), "sha256": image.sha256, "seed": image.seed}
+            for image in record.outputs
         ],
     }
 
@@ -210,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from webui.app import serve
 
-            serve(settings.replace(host=args.host, port=args.port, executor=args.executor,
-                                   ray_address=args.ray_address))
+            serve(
+                settings.replace(host=args.host, port=args.port, executor=args.executor, ray_address=args.ray_address)
+            )
             return 0
         if args.command == "gallery":
             return _gallery(args, settings)

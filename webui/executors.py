@@ -104,17 +104,29 @@ class RayExecutor:
             "device": settings.device or None,
             "dtype": settings.dtype or None,
             "text_cache_size": settings.text_cache_size,
-            "switches": {"attention": switches.attention, "vae_tiling": switches.vae_tiling,
-                         "cpu_offload": switches.cpu_offload, "compile": switches.compile},
+            "switches": {
+                "attention": switches.attention,
+                "vae_tiling": switches.vae_tiling,
+                "cpu_offload": switches.cpu_offload,
+                "compile": switches.compile,
+            },
             # Paths as the GPU hosts see them: they share the model cache and LoRA folder, not the gallery.
             "loras_dir": str(settings.loras_folder),
-            "ip_adapter_folders": {family: folder for family, folder in
-                                   (("sd", settings.ip_adapter_sd15), ("sdxl", settings.ip_adapter_sdxl)) if folder},
+            "ip_adapter_folders": {
+                family: folder
+                for family, folder in (("sd", settings.ip_adapter_sd15), ("sdxl", settings.ip_adapter_sdxl))
+                if folder
+            },
         }
-        return cls(address=settings.ray_address, min_replicas=settings.ray_min_replicas,
-                   max_replicas=settings.ray_max_replicas, max_models=settings.max_models,
-                   threads=settings.ray_threads, engine_options=engine_options,
-                   fallback_capacity=settings.ray_max_replicas or settings.gpu_workers)
+        return cls(
+            address=settings.ray_address,
+            min_replicas=settings.ray_min_replicas,
+            max_replicas=settings.ray_max_replicas,
+            max_models=settings.max_models,
+            threads=settings.ray_threads,
+            engine_options=engine_options,
+            fallback_capacity=settings.ray_max_replicas or settings.gpu_workers,
+        )
 
     # -- the connection -----------------------------------------------------
 
@@ -159,9 +171,14 @@ class RayExecutor:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         most = self.max_replicas or max(gpus, 1)
         serve.start(proxy_location="Disabled")
-        app = replica.deployment(engine_options=self.engine_options, max_models=self.max_models,
-                                 threads=self.threads, min_replicas=min(self.min_replicas, most),
-                                 max_replicas=most, gpus=gpus > 0)
+        app = replica.deployment(
+            engine_options=self.engine_options,
+            max_models=self.max_models,
+            threads=self.threads,
+            min_replicas=min(self.min_replicas, most),
+            max_replicas=most,
+            gpus=gpus > 0,
+        )
         handle = serve.run(app, name=replica.APP_NAME, route_prefix=None)
         self._capacity = most
         log.info("Ray Serve pool ready: %d replica(s) at most, %s.", most, "one per GPU" if gpus else "CPU only")
@@ -296,9 +313,16 @@ class RayExecutor:
                 log.warning("A replica died before its job's first step; sending the job again: %s", lost.error)
         raise AssertionError("unreachable")
 
-    def _stream(self, request: GenerationRequest, params: dict[str, Any], inputs: dict[str, bytes], *,
-                progress: ProgressFn | None, cancel: CancelToken | None,
-                preview: Callable[[Any], None] | None) -> GenerationResult:
+    def _stream(
+        self,
+        request: GenerationRequest,
+        params: dict[str, Any],
+        inputs: dict[str, bytes],
+        *,
+        progress: ProgressFn | None,
+        cancel: CancelToken | None,
+        preview: Callable[[Any], None] | None,
+    ) -> GenerationResult:
         import ray.exceptions
         from ray.serve.exceptions import RequestCancelledError
 
@@ -334,9 +358,14 @@ class RayExecutor:
             if cancel is None or not cancel.cancelled:
                 raise
             # The replica's stream ended with the cancel; its engine stops at its next step.
-            return GenerationResult(images=[], seeds=request.seeds, cancelled=True,
-                                    duration_ms=round((time.perf_counter() - started) * 1000),
-                                    model_revision=revision, environment=environment)
+            return GenerationResult(
+                images=[],
+                seeds=request.seeds,
+                cancelled=True,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+                model_revision=revision,
+                environment=environment,
+            )
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as error:
             raise _Lost(error, produced=produced) from error
         except (ray.exceptions.RaySystemError, ConnectionError) as error:

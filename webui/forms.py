@@ -15,13 +15,13 @@ from PIL import Image
 from pipelines import masks
 from pipelines.images import load_image
 from pipelines.requests import (
+    REQUEST_TYPES,
     ControlNetRequest,
     ControlUnit,
     GenerationRequest,
     ImageRef,
     Img2ImgRequest,
     InpaintRequest,
-    REQUEST_TYPES,
     RequestError,
     Text2ImgRequest,
     random_seed,
@@ -115,7 +115,9 @@ def build_request(
         fields.setdefault("mask_source", source)
         return InpaintRequest(image=ImageRef.of(image), mask_image=ImageRef.of(mask), **common, **size, **fields)
     if not control_images:
-        raise RequestError("control_image is required for ControlNet; upload a picture to take the edges, pose or depth from.")
+        raise RequestError(
+            "control_image is required for ControlNet; upload a picture to take the edges, pose or depth from."
+        )
     unit = {
         "controlnet": controlnet or default_controlnet(model),
         "preprocessor": preprocessor,

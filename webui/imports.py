@@ -101,7 +101,9 @@ def read_text_chunks(source: str | Path | bytes | IO[bytes]) -> dict[str, str]:
     try:
         return read_png_metadata(source)
     except NotPng as error:
-        raise MetadataError(f"The file is a {error.format} image; Atelier reads metadata from PNG files only.") from None
+        raise MetadataError(
+            f"The file is a {error.format} image; Atelier reads metadata from PNG files only."
+        ) from None
     except PngMetadataError as error:
         raise MetadataError(str(error)) from None
 
@@ -347,11 +349,16 @@ def _from_automatic1111(text: str) -> ImportedRequest:
     if "Model" in settings:
         built.model("Model", settings.pop("Model"))
     if "Variation seed" in settings:
-        found = {"Variation seed": settings.pop("Variation seed"),
-                 "Variation seed strength": settings.pop("Variation seed strength", None)}
+        found = {
+            "Variation seed": settings.pop("Variation seed"),
+            "Variation seed strength": settings.pop("Variation seed strength", None),
+        }
         strength = found["Variation seed strength"]
-        built.set(found, variation_seed=_int_text(found["Variation seed"]),
-                  variation_strength=_float_text(strength) if strength is not None else None)
+        built.set(
+            found,
+            variation_seed=_int_text(found["Variation seed"]),
+            variation_strength=_float_text(strength) if strength is not None else None,
+        )
     if "Refiner" in settings:
         found = {"Refiner": settings.pop("Refiner"), "Refiner switch at": settings.pop("Refiner switch at", "0.8")}
         if loadable_model(found["Refiner"]):  # A1111 writes a checkpoint's title; only a source we can load maps

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gradio as gr
 
@@ -87,8 +88,14 @@ class Jobs:
         username = getattr(request, "username", None) if request is not None else None
         return username is not None and users.is_admin(username)
 
-    def submit(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn,
-               watch: Callable[[Ticket], None] | None = None) -> GenerationRecord:
+    def submit(
+        self,
+        generation: GenerationRequest,
+        *,
+        request: gr.Request,
+        progress: ProgressFn,
+        watch: Callable[[Ticket], None] | None = None,
+    ) -> GenerationRecord:
         """Queue a request for this session, wait for its turn and its run; the ended record (or gr.Error).
 
         ``watch`` gets the job's ticket once it is queued (a tab reads its previews from it).
@@ -103,8 +110,14 @@ class Jobs:
 
         return self._wait(request, enqueue, progress)
 
-    def follow(self, generation: GenerationRequest, *, request: gr.Request, progress: ProgressFn,
-               poll: float = PREVIEW_POLL_SECONDS) -> Iterator[tuple[str, Any]]:
+    def follow(
+        self,
+        generation: GenerationRequest,
+        *,
+        request: gr.Request,
+        progress: ProgressFn,
+        poll: float = PREVIEW_POLL_SECONDS,
+    ) -> Iterator[tuple[str, Any]]:
         """Submit ``generation`` and yield ("preview", picture) as it forms, then ("record", ended record).
 
         The job waits in a thread while this generator hands the tab each
@@ -140,12 +153,12 @@ class Jobs:
         except (RequestError, StorageError, OSError) as error:
             raise gr.Error(str(error)) from None
         user = self.user(request)
-        record = self._wait(
-            request, lambda: self.workers.enqueue(generation, user=user, parent_id=parent.id), progress
-        )
+        record = self._wait(request, lambda: self.workers.enqueue(generation, user=user, parent_id=parent.id), progress)
         return self.studio.compare(parent, record)
 
-    def _wait(self, request: gr.Request | None, enqueue: Callable[[], Ticket], progress: ProgressFn) -> GenerationRecord:
+    def _wait(
+        self, request: gr.Request | None, enqueue: Callable[[], Ticket], progress: ProgressFn
+    ) -> GenerationRecord:
         try:
             ticket = enqueue()
         except (ModelError, RequestError, StudioError, StorageError) as error:

@@ -82,8 +82,18 @@ def load_models(data_dir: Path, started_with: str = "embedded", *, file: str | P
     The list is `file` (settings' `models_file`), else the data folder's models.json.
     """
     own = model_defaults("embedded")
-    entries = [ModelEntry("embedded", "embedded", "embedded", own["sampler"], own["num_inference_steps"],
-                          own["width"], own["height"], float(own["guidance_scale"]))]
+    entries = [
+        ModelEntry(
+            "embedded",
+            "embedded",
+            "embedded",
+            own["sampler"],
+            own["num_inference_steps"],
+            own["width"],
+            own["height"],
+            float(own["guidance_scale"]),
+        )
+    ]
     path = Path(file) if file else data_dir / "models.json"
     if path.is_file():
         try:
@@ -121,9 +131,16 @@ def _entry(path: Path, number: int, item: Any) -> ModelEntry:
         raise ModelListError(f"{where}: family must be one of {', '.join(FAMILIES[1:])}; got {family!r}.")
     values = {**FAMILY_DEFAULTS[family], **{k: v for k, v in item.items() if k in FAMILY_DEFAULTS["sd"]}}
     _check(where, values)
-    return ModelEntry(name=item["name"], source=item["source"], family=family, sampler=values["sampler"],
-                      num_inference_steps=int(values["num_inference_steps"]), width=int(values["width"]),
-                      height=int(values["height"]), guidance_scale=float(values["guidance_scale"]))
+    return ModelEntry(
+        name=item["name"],
+        source=item["source"],
+        family=family,
+        sampler=values["sampler"],
+        num_inference_steps=int(values["num_inference_steps"]),
+        width=int(values["width"]),
+        height=int(values["height"]),
+        guidance_scale=float(values["guidance_scale"]),
+    )
 
 
 def guess_family(source: str) -> str:
@@ -139,7 +156,11 @@ def guess_family(source: str) -> str:
 def _check(where: str, values: dict[str, Any]) -> None:
     if values["sampler"] not in SAMPLER_NAMES:
         raise ModelListError(f"{where}: sampler must be one of {', '.join(SAMPLER_NAMES)}; got {values['sampler']!r}.")
-    for key, low, high in (("num_inference_steps", 1, MAX_STEPS), ("width", MIN_SIZE, MAX_SIZE), ("height", MIN_SIZE, MAX_SIZE)):
+    for key, low, high in (
+        ("num_inference_steps", 1, MAX_STEPS),
+        ("width", MIN_SIZE, MAX_SIZE),
+        ("height", MIN_SIZE, MAX_SIZE),
+    ):
         value = values[key]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ModelListError(f"{where}: {key} must be a whole number from {low} to {high}; got {value!r}.")

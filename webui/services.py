@@ -54,5 +54,6 @@ def build_services(settings: Settings) -> Services:
         database.close()
         raise
     studio = Studio(settings=settings, gallery=gallery)
-    return Services(settings=settings, database=database, gallery=gallery, users=users, studio=studio,
-                    workers=studio.workers)
+    return Services(
+        settings=settings, database=database, gallery=gallery, users=users, studio=studio, workers=studio.workers
+    )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 
 class SettingsError(ValueError):
@@ -97,8 +97,12 @@ class Settings:
         """The engine's memory and speed switches (pipelines.devices.Switches)."""
         from pipelines.devices import Switches
 
-        return Switches(attention=self.attention, vae_tiling=self.vae_tiling, cpu_offload=self.cpu_offload == "1",
-                        compile=self.compile == "1")
+        return Switches(
+            attention=self.attention,
+            vae_tiling=self.vae_tiling,
+            cpu_offload=self.cpu_offload == "1",
+            compile=self.compile == "1",
+        )
 
     @property
     def gallery_url(self) -> str:
@@ -143,15 +147,19 @@ def _check_pool(settings: Settings) -> None:
     if settings.ray_address:
         host, sep, port = settings.ray_address.rpartition(":")
         if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
-            raise SettingsError(f"ATELIER_RAY_ADDRESS must be HOST:PORT with a port from 1 to 65535; "
-                                f"got {settings.ray_address!r}.")
+            raise SettingsError(
+                f"ATELIER_RAY_ADDRESS must be HOST:PORT with a port from 1 to 65535; got {settings.ray_address!r}."
+            )
     if settings.ray_min_replicas < 0:
         raise SettingsError(f"ATELIER_RAY_MIN_REPLICAS must be 0 or more; got {settings.ray_min_replicas}.")
     if settings.ray_max_replicas < 0:
-        raise SettingsError(f"ATELIER_RAY_MAX_REPLICAS must be 0 (one per GPU) or more; got {settings.ray_max_replicas}.")
+        raise SettingsError(
+            f"ATELIER_RAY_MAX_REPLICAS must be 0 (one per GPU) or more; got {settings.ray_max_replicas}."
+        )
     if settings.ray_max_replicas and settings.ray_min_replicas > settings.ray_max_replicas:
-        raise SettingsError(f"ATELIER_RAY_MIN_REPLICAS must be at most ATELIER_RAY_MAX_REPLICAS "
-                            f"({settings.ray_max_replicas}); got {settings.ray_min_replicas}.")
+        raise SettingsError(
+            f"ATELIER_RAY_MIN_REPLICAS must be at most ATELIER_RAY_MAX_REPLICAS "
+            f"({settings.ray_max_replicas}); got {settings.ray_min_replicas}."
+        )
     if settings.ray_threads < 0:
         raise SettingsError(f"ATELIER_RAY_THREADS must be 0 (torch's default) or more; got {settings.ray_threads}.")
-

@@ -12,8 +12,8 @@ import errno
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -113,8 +113,11 @@ class Studio:
                     max_models=settings.max_models,
                     switches=settings.switches(),
                     loras_dir=settings.loras_folder,
-                    ip_adapter_folders={family: folder for family, folder in
-                                        (("sd", settings.ip_adapter_sd15), ("sdxl", settings.ip_adapter_sdxl)) if folder},
+                    ip_adapter_folders={
+                        family: folder
+                        for family, folder in (("sd", settings.ip_adapter_sd15), ("sdxl", settings.ip_adapter_sdxl))
+                        if folder
+                    },
                 )
             return self._engine
 
@@ -131,9 +134,15 @@ class Studio:
                 # A Ray pool runs as many jobs at once as it has replicas; the engine here, `gpu_workers`.
                 pool = self.engine if self.settings.executor == "ray" or self._engine is not None else None
                 count = pool.capacity if isinstance(pool, RayExecutor) else self.settings.gpu_workers
-                self._workers = Workers(count=count, enqueue=self.enqueue, run=self.run_job,
-                                        claim=gallery.claim_next, queued=gallery.queued, cancel=gallery.cancel,
-                                        blocked=self.gpu_status)
+                self._workers = Workers(
+                    count=count,
+                    enqueue=self.enqueue,
+                    run=self.run_job,
+                    claim=gallery.claim_next,
+                    queued=gallery.queued,
+                    cancel=gallery.cancel,
+                    blocked=self.gpu_status,
+                )
             return self._workers
 
     def close(self) -> None:
@@ -173,8 +182,16 @@ class Studio:
         record = self.gallery.start(_new_generation(request, user=user, revision=loaded.revision, parent_id=parent_id))
         # 3. Generate and store; the inputs land with the outputs, so a rerun needs nothing but the record.
         inputs = [ImageInput(role=role, image=ref.image) for role, ref in request.input_images]
-        return self._run(record, request, inputs=inputs, revision=None, timings={"load_ms": load_ms},
-                         started=started, progress=progress, cancel=cancel)
+        return self._run(
+            record,
+            request,
+            inputs=inputs,
+            revision=None,
+            timings={"load_ms": load_ms},
+            started=started,
+            progress=progress,
+            cancel=cancel,
+        )
 
     def enqueue(self, request: GenerationRequest, *, user: str, parent_id: int | None = None) -> GenerationRecord:
         """Record a request as a queued job, with its input images; a GPU worker runs it when its turn comes.
@@ -197,8 +214,9 @@ class Studio:
                 raise QueueFull(f"The queue is full ({waiting} jobs waiting); try again in a minute.")
             mine = self.gallery.count(status="queued", user=user)
             if mine >= self.settings.queue_limit_per_user:
-                raise QueueFull(f"You have {mine} jobs waiting, the most one person may queue; "
-                                "try again when one has run.")
+                raise QueueFull(
+                    f"You have {mine} jobs waiting, the most one person may queue; try again when one has run."
+                )
             # 2. The row and its inputs land together, or not at all.
             try:
                 return self.gallery.enqueue(new, inputs=inputs)
@@ -245,7 +263,11 @@ class Studio:
         return "sd" if family == "embedded" else family
 
     def run_job(
-        self, record: GenerationRecord, *, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+        self,
+        record: GenerationRecord,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
         preview: Callable[[Any], None] | None = None,
     ) -> GenerationRecord:
         """Run a job a worker claimed (status "running"), and end it: succeeded, failed or cancelled.
@@ -268,8 +290,17 @@ class Studio:
         if record.started_at is not None:
             waited_ms = max(0, round((record.started_at - record.created_at).total_seconds() * 1000))
         timings = {"wait_ms": waited_ms, "load_ms": _elapsed_ms(started)}
-        return self._run(record, request, inputs=[], revision=loaded.revision, timings=timings, started=started,
-                         progress=progress, cancel=cancel, preview=preview)
+        return self._run(
+            record,
+            request,
+            inputs=[],
+            revision=loaded.revision,
+            timings=timings,
+            started=started,
+            progress=progress,
+            cancel=cancel,
+            preview=preview,
+        )
 
     def _run(
         self,
@@ -296,8 +327,12 @@ class Studio:
                 # What the failed run left cached must not make the next one fail too.
                 self._free_memory()
             if isinstance(error, GpuWorkerLost):  # not the job's fault: it may run again as it was
-                self.gallery.interrupt(record.id, error=str(error), environment=self.engine.environment(),
-                                       timings={**timings, "total_ms": _elapsed_ms(started)})
+                self.gallery.interrupt(
+                    record.id,
+                    error=str(error),
+                    environment=self.engine.environment(),
+                    timings={**timings, "total_ms": _elapsed_ms(started)},
+                )
                 raise
             self.gallery.fail(
                 record.id,
@@ -326,7 +361,10 @@ class Studio:
         # 2. Files and rows land together: the inputs not stored yet, what the
         #    engine made from them (control maps), and the outputs.
         images = [*inputs, *(ImageInput(role=role, image=image) for role, image in result.derived)]
-        images += [ImageInput(role="output", image=image, seed=seed) for image, seed in zip(result.images, result.seeds, strict=True)]
+        images += [
+            ImageInput(role="output", image=image, seed=seed)
+            for image, seed in zip(result.images, result.seeds, strict=True)
+        ]
         timings["total_ms"] = _elapsed_ms(started)
         try:
             return self.gallery.finish(
@@ -342,17 +380,31 @@ class Studio:
             # the record says why, if the database can still take that much.
             message = _not_stored("store the images", error)
             try:
-                self.gallery.fail(record.id, status="failed", error=message, environment=result.environment,
-                                  timings=timings, duration_ms=result.duration_ms, model_revision=revision)
+                self.gallery.fail(
+                    record.id,
+                    status="failed",
+                    error=message,
+                    environment=result.environment,
+                    timings=timings,
+                    duration_ms=result.duration_ms,
+                    model_revision=revision,
+                )
             except (OSError, StorageError):
-                log.exception("Could not record generation %s as failed; it reads as interrupted after its lease.",
-                              record.id)
+                log.exception(
+                    "Could not record generation %s as failed; it reads as interrupted after its lease.", record.id
+                )
             raise StudioError(message) from error
 
     def _end_failed(self, record: GenerationRecord, message: str, *, started: float) -> None:
         environment = self._engine.environment() if self._engine is not None else {}
-        self.gallery.fail(record.id, status="failed", error=message, environment=environment,
-                          timings={"total_ms": _elapsed_ms(started)}, duration_ms=None)
+        self.gallery.fail(
+            record.id,
+            status="failed",
+            error=message,
+            environment=environment,
+            timings={"total_ms": _elapsed_ms(started)},
+            duration_ms=None,
+        )
 
     def _free_memory(self) -> None:
         """Drop what the engine keeps between runs, so the memory a failed run held can be used again."""
@@ -383,7 +435,9 @@ class Studio:
     @staticmethod
     def compare(parent: GenerationRecord, record: GenerationRecord) -> RerunOutcome:
         """Whether a rerun reproduced its parent, and if not, what is known to differ."""
-        identical = record.status == "succeeded" and [i.sha256 for i in record.outputs] == [i.sha256 for i in parent.outputs]
+        identical = record.status == "succeeded" and [i.sha256 for i in record.outputs] == [
+            i.sha256 for i in parent.outputs
+        ]
         differences = [] if identical else explain_difference(parent, record)
         return RerunOutcome(record=record, parent=parent, identical=identical, differences=differences)
 
@@ -406,13 +460,22 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def _not_stored(what: str, error: OSError) -> str:
-    reason = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EROFS: "is read-only",
-              errno.EACCES: "is not writable", errno.EPERM: "is not writable"}.get(error.errno, "could not be written")
-    return (f"Could not {what}: the data folder {reason} ({error.strerror or error}); nothing was kept. "
-            "Free some space or fix the folder's permissions, then run it again.")
+    reason = {
+        errno.ENOSPC: "is full",
+        errno.EDQUOT: "is over its quota",
+        errno.EROFS: "is read-only",
+        errno.EACCES: "is not writable",
+        errno.EPERM: "is not writable",
+    }.get(error.errno, "could not be written")
+    return (
+        f"Could not {what}: the data folder {reason} ({error.strerror or error}); nothing was kept. "
+        "Free some space or fix the folder's permissions, then run it again."
+    )
 
 
-def _new_generation(request: GenerationRequest, *, user: str, revision: str | None, parent_id: int | None) -> NewGeneration:
+def _new_generation(
+    request: GenerationRequest, *, user: str, revision: str | None, parent_id: int | None
+) -> NewGeneration:
     return NewGeneration(
         user=user,
         task=request.task,

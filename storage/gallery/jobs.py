@@ -194,9 +194,13 @@ class Jobs(GalleryCore):
 
 def _claim_order(session: Session) -> list[int]:
     """Every queued job's id, in the order claims would take them now (storage/queue.py)."""
-    jobs = session.execute(
-        select(Generation.id, Generation.user).where(Generation.status == "queued").order_by(Generation.id)
-    ).tuples().all()
+    jobs = (
+        session.execute(
+            select(Generation.id, Generation.user).where(Generation.status == "queued").order_by(Generation.id)
+        )
+        .tuples()
+        .all()
+    )
     users = {user for _, user in jobs}
     latest: dict[str, datetime | None] = {}
     if users:
@@ -205,6 +209,8 @@ def _claim_order(session: Session) -> list[int]:
                 select(Generation.user, func.max(Generation.started_at))
                 .where(Generation.user.in_(users))
                 .group_by(Generation.user)
-            ).tuples().all()
+            )
+            .tuples()
+            .all()
         )
     return claim_order(jobs, latest)

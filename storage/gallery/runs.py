@@ -144,8 +144,16 @@ class Runs(GalleryCore):
             self.expire_leases()
             with Session(self._engine) as session, session.begin():
                 _running(session, generation_id)
-                self._end(session, generation_id, status="interrupted", error=error, environment=environment,
-                          timings=timings, duration_ms=None, model_revision=None)
+                self._end(
+                    session,
+                    generation_id,
+                    status="interrupted",
+                    error=error,
+                    environment=environment,
+                    timings=timings,
+                    duration_ms=None,
+                    model_revision=None,
+                )
                 return self._load(session, generation_id)
         finally:
             self._leases.release(generation_id)

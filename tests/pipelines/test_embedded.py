@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines import embedded
-from pipelines.embedded.world import COLOURS, SHAPES, caption, classify, parse_prompt, render, sample_scene
+from pipelines.embedded.world import caption, classify, parse_prompt, render, sample_scene
 from pipelines.engine import Engine
 
 

@@ -22,7 +22,13 @@ from pipelines.requests import (
 
 @pytest.fixture(scope="module")
 def flux(tiny_flux_folder):
-    return Engine(), {"model": str(tiny_flux_folder), "num_inference_steps": 2, "guidance_scale": 3.5, "sampler": "Euler", "seed": 5}
+    return Engine(), {
+        "model": str(tiny_flux_folder),
+        "num_inference_steps": 2,
+        "guidance_scale": 3.5,
+        "sampler": "Euler",
+        "seed": 5,
+    }
 
 
 def test_flux_runs_every_task_on_one_load(flux, tiny_flux_controlnet_folder):
@@ -35,7 +41,11 @@ def test_flux_runs_every_task_on_one_load(flux, tiny_flux_controlnet_folder):
         Text2ImgRequest(prompt="a red square", width=64, height=64, **common),
         Img2ImgRequest(prompt="a red square", image=ImageRef.of(photo), strength=0.6, **common),
         InpaintRequest(prompt="a red square", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), **common),
-        ControlNetRequest(prompt="a red square", controls=(ControlUnit(image=ImageRef.of(photo), controlnet=str(tiny_flux_controlnet_folder)),), **common),
+        ControlNetRequest(
+            prompt="a red square",
+            controls=(ControlUnit(image=ImageRef.of(photo), controlnet=str(tiny_flux_controlnet_folder)),),
+            **common,
+        ),
     ]
     images = [engine.run(request).images[0] for request in requests]
     assert all(image.size == (64, 64) for image in images)
@@ -86,7 +96,13 @@ def test_flux_variations_blend_its_packed_noise(flux):
 
 def test_a_stable_diffusion_controlnet_is_refused_on_flux(flux, tiny_sd_controlnet_folder):
     engine, common = flux
-    request = ControlNetRequest(prompt="a red square", controls=(ControlUnit(image=ImageRef.of(Image.new("RGB", (64, 64))), controlnet=str(tiny_sd_controlnet_folder)),), **common)
+    request = ControlNetRequest(
+        prompt="a red square",
+        controls=(
+            ControlUnit(image=ImageRef.of(Image.new("RGB", (64, 64))), controlnet=str(tiny_sd_controlnet_folder)),
+        ),
+        **common,
+    )
     with pytest.raises(ModelError, match="made for another kind of model"):
         engine.run(request)
 
@@ -99,7 +115,13 @@ def embedded():
     return Engine()
 
 
-SETTINGS = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "num_inference_steps": 20, "guidance_scale": 5.0}
+SETTINGS = {
+    "prompt": "a red circle on a blue background",
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 20,
+    "guidance_scale": 5.0,
+}
 
 
 def pixels(engine, **fields):
@@ -122,6 +144,7 @@ def test_variations_of_a_batch_blend_image_by_image(embedded):
     image of seed 21 only within a level or two, since a batch of two and a batch of one are two different
     computations whose float rounding may differ between CPUs.
     """
+
     def batch(**fields):
         images = embedded.run(Text2ImgRequest(**SETTINGS, batch_size=2, **fields)).images
         return [np.asarray(image, dtype=int) for image in images]
@@ -148,4 +171,9 @@ def test_bad_variation_fields_are_one_sentence(fields, message):
 
 def test_variations_do_not_apply_to_image_to_image():
     with pytest.raises(RequestError, match="variation_seed applies to text-to-image and ControlNet"):
-        Img2ImgRequest(prompt="a red circle", image=ImageRef.of(Image.new("RGB", (64, 64))), variation_seed=1, variation_strength=0.5)
+        Img2ImgRequest(
+            prompt="a red circle",
+            image=ImageRef.of(Image.new("RGB", (64, 64))),
+            variation_seed=1,
+            variation_strength=0.5,
+        )

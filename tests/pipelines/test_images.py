@@ -59,12 +59,7 @@ def png_of_zeros(width, height, *, rows=None):
     data = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows))
     data += compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", data)
-        + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def noise(width=64, height=64, seed=0):

@@ -36,8 +36,15 @@ def save_image_encoder(folder, projection_dim=PROJECTION):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(5)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                              image_size=32, patch_size=4, projection_dim=projection_dim)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=4,
+        projection_dim=projection_dim,
+    )
     CLIPVisionModelWithProjection(config).save_pretrained(folder / "image_encoder")
 
 
@@ -235,7 +242,10 @@ def test_weights_in_the_hub_cache_are_found_and_load(sd, tmp_path):
 
 
 def test_incomplete_local_folders_are_explained(tmp_path):
-    assert ip_adapter.availability("sd", tmp_path / "nowhere") == (False, f"IP-Adapter folder {str(tmp_path / 'nowhere')!r} does not exist.")
+    assert ip_adapter.availability("sd", tmp_path / "nowhere") == (
+        False,
+        f"IP-Adapter folder {str(tmp_path / 'nowhere')!r} does not exist.",
+    )
     folder = tmp_path / "ipa"
     folder.mkdir()
     available, reason = ip_adapter.availability("sd", folder)
@@ -257,7 +267,10 @@ def test_folder_revision_follows_the_contents(sd, tmp_path):
     folder = adapter_folder(tmp_path / "ipa", engine.pipeline(model, "txt2img").unet.config)
     first = ip_adapter.find("sd", folder).revision
     assert len(first) == 64 and ip_adapter.find("sd", folder).revision == first
-    save_file(adapter_state(engine.pipeline(model, "txt2img").unet.config, seed=9), str(folder / "ip-adapter_sd15.safetensors"))
+    save_file(
+        adapter_state(engine.pipeline(model, "txt2img").unet.config, seed=9),
+        str(folder / "ip-adapter_sd15.safetensors"),
+    )
     assert ip_adapter.find("sd", folder).revision != first
 
 
@@ -300,7 +313,10 @@ def _half_plus(unet_config):
     ("make", "message"),
     [
         (lambda config: lambda path: path.write_bytes(b"not a safetensors file"), "is not a readable safetensors file"),
-        (lambda config: lambda path: save_file({"lora_unet.down.weight": torch.zeros(2, 2)}, str(path)), "is not an IP-Adapter"),
+        (
+            lambda config: lambda path: save_file({"lora_unet.down.weight": torch.zeros(2, 2)}, str(path)),
+            "is not an IP-Adapter",
+        ),
         (_sdxl_sized, "does not fit this model: it was made for a text width of 64 and this model's is 32"),
         (_without_norm, r"is incomplete: it has no image_proj.norm.weight of shape \(32,\)"),
         (_half_plus, r"could not be loaded \(KeyError: 'proj_in.weight'\)"),
@@ -347,7 +363,14 @@ def test_a_request_with_a_reference_image_through_the_engine(tiny_sd_folder, tmp
     engine = Engine()
     folder = adapter_folder(tmp_path / "adapter", engine.load(str(tiny_sd_folder)).base.unet.config)
     engine.ip_adapter_folders["sd"] = str(folder)
-    common = {"prompt": "a red square", "model": str(tiny_sd_folder), "width": 64, "height": 64, "num_inference_steps": 2, "seed": 4}
+    common = {
+        "prompt": "a red square",
+        "model": str(tiny_sd_folder),
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 2,
+        "seed": 4,
+    }
     baseline = engine.run(Text2ImgRequest(**common))
     steered = engine.run(Text2ImgRequest(**common, ip_adapter_image=ImageRef.of(noise_image(1)), ip_adapter_scale=1.0))
     assert not np.array_equal(np.asarray(steered.images[0]), np.asarray(baseline.images[0]))
@@ -356,8 +379,15 @@ def test_a_request_with_a_reference_image_through_the_engine(tiny_sd_folder, tmp
     again = engine.run(Text2ImgRequest(**common))
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(baseline.images[0]))
     photo = ImageRef.of(noise_image(2).resize((64, 64)))
-    image_to_image = engine.run(Img2ImgRequest(prompt="a red square", model=str(tiny_sd_folder), image=photo,
-                                               ip_adapter_image=ImageRef.of(noise_image(1)), num_inference_steps=2))
+    image_to_image = engine.run(
+        Img2ImgRequest(
+            prompt="a red square",
+            model=str(tiny_sd_folder),
+            image=photo,
+            ip_adapter_image=ImageRef.of(noise_image(1)),
+            num_inference_steps=2,
+        )
+    )
     assert image_to_image.environment["ip_adapter"] == steered.environment["ip_adapter"]
     assert engine.loads == 1
 
@@ -368,7 +398,12 @@ def test_a_reference_image_without_weights_is_refused_before_running(tiny_sd_fol
     from pipelines.requests import ImageRef, Text2ImgRequest
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    request = Text2ImgRequest(prompt="a red square", model=str(tiny_sd_folder), width=64, height=64,
-                              ip_adapter_image=ImageRef.of(noise_image(1)))
+    request = Text2ImgRequest(
+        prompt="a red square",
+        model=str(tiny_sd_folder),
+        width=64,
+        height=64,
+        ip_adapter_image=ImageRef.of(noise_image(1)),
+    )
     with pytest.raises(IPAdapterError, match="IP-Adapter weights h94/IP-Adapter"):
         Engine().check(request)

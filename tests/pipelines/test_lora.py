@@ -58,7 +58,9 @@ def drop(pipe, adapters):
 
 
 def pixels(pipe, prompt="a red circle on a blue background"):
-    output = pipe(prompt, num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(0), output_type="np")
+    output = pipe(
+        prompt, num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
     return output.images[0]
 
 
@@ -191,7 +193,14 @@ def test_each_file_is_loaded_once_and_shared_by_every_task_pipeline(sd, tmp_path
     picture = Image.fromarray((baseline * 255).round().astype(np.uint8))
 
     def repaint():
-        output = img2img("a red circle", image=picture, strength=0.6, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+        output = img2img(
+            "a red circle",
+            image=picture,
+            strength=0.6,
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
         return output.images[0]
 
     plain = repaint()
@@ -240,8 +249,16 @@ def test_names_that_differ_only_in_punctuation_are_two_loras(sd, tmp_path):
 def test_the_records_name_each_lora_its_sha256_and_weight(sd):
     pipe, folder = sd.pipe, sd.folder
     expected = [
-        {"name": "texture", "sha256": hashlib.sha256((folder / "texture.safetensors").read_bytes()).hexdigest(), "weight": 0.25},
-        {"name": "style", "sha256": hashlib.sha256((folder / "style.safetensors").read_bytes()).hexdigest(), "weight": -1.0},
+        {
+            "name": "texture",
+            "sha256": hashlib.sha256((folder / "texture.safetensors").read_bytes()).hexdigest(),
+            "weight": 0.25,
+        },
+        {
+            "name": "style",
+            "sha256": hashlib.sha256((folder / "style.safetensors").read_bytes()).hexdigest(),
+            "weight": -1.0,
+        },
     ]
     asked = [("texture", 0.25), ("style", -1)]
     assert lora.records(asked, folder) == expected
@@ -254,7 +271,10 @@ def test_the_records_name_each_lora_its_sha256_and_weight(sd):
 @pytest.mark.parametrize(
     ("asked", "message"),
     [
-        ([("nope", 1.0)], "LoRA 'nope' does not exist; it must be one of garbage, not-a-lora, style, texture, with-text."),
+        (
+            [("nope", 1.0)],
+            "LoRA 'nope' does not exist; it must be one of garbage, not-a-lora, style, texture, with-text.",
+        ),
         ([("../style", 1.0)], "LoRA '../style' does not exist"),
         ([("style", 2.5)], "the weight of LoRA 'style' must be a number from -2 to 2; got 2.5."),
         ([("style", float("nan"))], "the weight of LoRA 'style' must be a number from -2 to 2; got nan."),
@@ -262,12 +282,15 @@ def test_the_records_name_each_lora_its_sha256_and_weight(sd):
         ([("style", True)], "the weight of LoRA 'style' must be a number from -2 to 2; got True."),
         ([("style", 1.0), ("style", 0.5)], "LoRA 'style' is listed twice; give it one weight."),
         ([("style", 1.0)] * 9, "at most 8 LoRAs can be used at once; got 9."),
-        ([("not-a-lora", 1.0)], "not-a-lora.safetensors is not a LoRA: it has no LoRA weights (lora_A/lora_B or lora_down/lora_up)."),
+        (
+            [("not-a-lora", 1.0)],
+            "not-a-lora.safetensors is not a LoRA: it has no LoRA weights (lora_A/lora_B or lora_down/lora_up).",
+        ),
         ([("garbage", 1.0)], "garbage.safetensors is not a LoRA: it cannot be read as safetensors"),
     ],
 )
 def test_bad_requests_are_refused_in_one_sentence_and_change_nothing(sd, asked, message):
-    pipe, baseline, folder = sd.pipe, sd.baseline, sd.folder
+    pipe, folder = sd.pipe, sd.folder
     lora.apply(pipe, [("style", 1.0)], folder)
     before = pixels(pipe)
     with pytest.raises(lora.LoraError) as caught:
@@ -279,7 +302,10 @@ def test_bad_requests_are_refused_in_one_sentence_and_change_nothing(sd, asked, 
 
 
 def test_an_empty_folder_says_so(tmp_path):
-    with pytest.raises(lora.LoraError, match=r"LoRA 'style' does not exist; it must be a \.safetensors file in .* \(there are none yet\)\."):
+    with pytest.raises(
+        lora.LoraError,
+        match=r"LoRA 'style' does not exist; it must be a \.safetensors file in .* \(there are none yet\)\.",
+    ):
         lora.records([("style", 1.0)], tmp_path)
 
 
@@ -288,7 +314,10 @@ def test_a_lora_for_another_model_is_refused_and_leaves_no_lora_on(sd, tiny_sdxl
     xl = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
     make_lora(tmp_path / "for-xl.safetensors", xl, seed=4)
     lora.apply(pipe, [("style", 1.0)], folder)
-    with pytest.raises(lora.LoraError, match=r"^LoRA 'for-xl' does not fit this model; its layers were made for another kind of model\.$"):
+    with pytest.raises(
+        lora.LoraError,
+        match=r"^LoRA 'for-xl' does not fit this model; its layers were made for another kind of model\.$",
+    ):
         lora.apply(pipe, [("for-xl", 1.0)], tmp_path)
     assert lora.adapter_name(lora.find("for-xl", tmp_path)) not in pipe.get_list_adapters()["unet"]
     assert np.array_equal(pixels(pipe), baseline)
@@ -324,7 +353,11 @@ def _kohya_text_encoder_lora(path, encoder, *, rank, alpha, seed):
             key = "lora_te_" + ("text_model." + name.removeprefix("text_model.")).replace(".", "_")
             down = torch.randn(rank, module.in_features, generator=generator) * 0.3
             up = torch.randn(module.out_features, rank, generator=generator) * 0.3
-            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(float(alpha))}
+            tensors |= {
+                f"{key}.lora_down.weight": down,
+                f"{key}.lora_up.weight": up,
+                f"{key}.alpha": torch.tensor(float(alpha)),
+            }
             deltas[name] = alpha / rank * up @ down
     save_file(tensors, str(path))
     return deltas
@@ -356,8 +389,14 @@ def test_the_prompt_cache_knows_text_encoder_loras(tmp_path):
     """A cached prompt embedding made without a text-encoder LoRA (or at another weight) is not reused with it."""
     engine = Engine(loras_dir=tmp_path)
     make_lora(tmp_path / "words.safetensors", engine.load("embedded").base, seed=4, text_encoder=True)
-    common = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "num_inference_steps": 20,
-              "guidance_scale": 5.0, "seed": 2}
+    common = {
+        "prompt": "a red circle on a blue background",
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 20,
+        "guidance_scale": 5.0,
+        "seed": 2,
+    }
 
     def run(**fields):
         return np.asarray(engine.run(Text2ImgRequest(**common, **fields)).images[0])
@@ -414,8 +453,14 @@ def test_a_request_names_its_loras_and_the_record_keeps_them(tmp_path):
 
     engine = Engine(loras_dir=tmp_path)
     make_lora(tmp_path / "brand.safetensors", engine.load("embedded").base, seed=11, scale=0.5)
-    common = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "num_inference_steps": 20,
-              "guidance_scale": 5.0, "seed": 2}
+    common = {
+        "prompt": "a red circle on a blue background",
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 20,
+        "guidance_scale": 5.0,
+        "seed": 2,
+    }
     plain = engine.run(Text2ImgRequest(**common))
     styled = engine.run(Text2ImgRequest(**common, loras=[["brand", 1.0]]))
     assert not np.array_equal(np.asarray(styled.images[0]), np.asarray(plain.images[0]))
@@ -425,7 +470,9 @@ def test_a_request_names_its_loras_and_the_record_keeps_them(tmp_path):
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(plain.images[0]))
     assert "loras" not in again.environment
     # Stored and read back, the request is the same (pairs survive JSON as lists).
-    stored = Text2ImgRequest.from_dict(json.loads(json.dumps(Text2ImgRequest(**common, loras=[["brand", 0.5]]).to_dict())))
+    stored = Text2ImgRequest.from_dict(
+        json.loads(json.dumps(Text2ImgRequest(**common, loras=[["brand", 0.5]]).to_dict()))
+    )
     assert stored.loras == (("brand", 0.5),)
     with pytest.raises(lora.LoraError, match="missing"):
         engine.check(Text2ImgRequest(**common, loras=[["missing", 1.0]]))
@@ -447,6 +494,9 @@ def test_flux_text_encoder_layers_are_refused_with_the_reason(tiny_flux_folder, 
         lora.apply(pipe, [("flux-words", 1.0)], tmp_path)
         assert pipe.get_list_adapters()["text_encoder"]
         return
-    with pytest.raises(lora.LoraError, match=r"^LoRA 'flux-words' has text-encoder layers, which this install cannot load: transformers .* needs peft .* or newer"):
+    with pytest.raises(
+        lora.LoraError,
+        match=r"^LoRA 'flux-words' has text-encoder layers, which this install cannot load: transformers .* needs peft .* or newer",
+    ):
         lora.apply(pipe, [("flux-words", 1.0)], tmp_path)
     assert not pipe.get_list_adapters().get("transformer")

@@ -24,7 +24,6 @@ from pipelines.masks import (
 from pipelines.requests import RequestError
 
 
-
 @pytest.fixture(autouse=True)
 def no_rembg_weights(tmp_path, monkeypatch):
     """An empty model folder, so "auto" behaves the same on every machine."""

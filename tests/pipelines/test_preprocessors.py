@@ -241,8 +241,11 @@ def test_available_lists_every_preprocessor_for_the_dropdown():
 
 def test_mediapipe_face_says_which_package_is_missing(monkeypatch):
     real = preprocessors.importlib.util.find_spec
-    monkeypatch.setattr(preprocessors.importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name == "mediapipe" else real(name, *a, **k))
+    monkeypatch.setattr(
+        preprocessors.importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "mediapipe" else real(name, *a, **k),
+    )
     ok, reason = availability("mediapipe_face")
     assert not ok and "pip install mediapipe" in reason
 

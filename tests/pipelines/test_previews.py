@@ -67,7 +67,10 @@ def test_the_preview_of_the_final_latents_is_the_decoded_image(embedded, preview
         assert preview.size == image.size == (64, 64)
         difference = np.abs(np.asarray(preview, dtype=int) - np.asarray(image, dtype=int))
         assert difference.max() <= 1 and difference.mean() < 0.05, prompt  # rounding only
-        assert (classify(preview).background, classify(preview).colour) == (classify(image).background, classify(image).colour)
+        assert (classify(preview).background, classify(preview).colour) == (
+            classify(image).background,
+            classify(image).colour,
+        )
 
 
 @pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler", "UniPC"])
@@ -86,8 +89,16 @@ def test_a_quarter_of_the_way_in_the_denoised_estimate_already_shows_the_backgro
         pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
         tap = DenoisedTap(pipe.scheduler)
         assert tap.latest is None
-        output = pipe(prompt, num_inference_steps=20, guidance_scale=5.0, width=64, height=64,
-                      generator=torch.Generator().manual_seed(seed), output_type="latent", callback_on_step_end=on_step_end)
+        output = pipe(
+            prompt,
+            num_inference_steps=20,
+            guidance_scale=5.0,
+            width=64,
+            height=64,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+        )
         final = classify(decoded(pipe, output.images)).background
         assert at_step_5["x0"].shape == output.images.shape
         read_x0.append(classify(previewer.preview(at_step_5["x0"])).background == final)
@@ -124,8 +135,13 @@ def test_the_linear_map_is_fitted_to_the_vae_and_beats_a_flat_colour(embedded):
         latents = vae.encode(pictures).latent_dist.mode()
         truth = vae.decode(latents).sample.clamp(-1, 1)
     scaled = latents * vae.config.scaling_factor
-    images = [np.asarray(embedded.image_processor.postprocess(truth[i : i + 1], output_type="pil")[0], dtype=float) for i in range(12)]
-    fitted = np.mean([np.abs(np.asarray(linear.preview(scaled, index=i), dtype=float) - images[i]).mean() for i in range(12)])
+    images = [
+        np.asarray(embedded.image_processor.postprocess(truth[i : i + 1], output_type="pil")[0], dtype=float)
+        for i in range(12)
+    ]
+    fitted = np.mean(
+        [np.abs(np.asarray(linear.preview(scaled, index=i), dtype=float) - images[i]).mean() for i in range(12)]
+    )
     mean_colour = np.mean([image.reshape(-1, 3).mean(axis=0) for image in images], axis=0)
     flat = np.mean([np.abs(mean_colour - image).mean() for image in images])
     assert fitted < 0.6 * flat, (fitted, flat)
@@ -156,7 +172,10 @@ def test_taesd_is_unavailable_here_and_says_why(embedded, tiny_sd, tmp_path):
     # The tiny SD's VAE has SD's latent scaling, so only the cache stands in the way.
     folder, reason = previews.find_taesd(tiny_sd.vae, cache_dir=tmp_path)
     assert folder is None
-    assert reason == "TAESD is not used: madebyollin/taesd is not in the local Hugging Face cache, and previews never download it."
+    assert (
+        reason
+        == "TAESD is not used: madebyollin/taesd is not in the local Hugging Face cache, and previews never download it."
+    )
     with pytest.raises(ValueError, match="madebyollin/taesd is not in the local Hugging Face cache"):
         LatentPreviewer.for_pipeline(tiny_sd, method="taesd", cache_dir=tmp_path)
     fallback = LatentPreviewer.for_pipeline(tiny_sd, cache_dir=tmp_path)
@@ -243,8 +262,15 @@ def test_the_engine_sends_previews_while_it_samples_and_they_change_nothing():
     from pipelines.requests import Text2ImgRequest
 
     engine = Engine()
-    request = Text2ImgRequest(prompt="a yellow square on a purple background", width=64, height=64,
-                              num_inference_steps=20, guidance_scale=5.0, seed=6, sampler="Euler")
+    request = Text2ImgRequest(
+        prompt="a yellow square on a purple background",
+        width=64,
+        height=64,
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        seed=6,
+        sampler="Euler",
+    )
     shown = []
     watched = engine.run(request, preview=shown.append)
     unwatched = engine.run(request)

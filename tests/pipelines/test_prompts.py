@@ -44,8 +44,11 @@ def diffusers_encode(engine, model, prompt, negative_prompt="", guidance=True):
     with torch.inference_mode():
         if loaded.family == "sdxl":
             embeds = loaded.base.encode_prompt(
-                prompt=prompt, device=engine.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=guidance, negative_prompt=negative,
+                prompt=prompt,
+                device=engine.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=guidance,
+                negative_prompt=negative,
             )
             names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         else:
@@ -98,7 +101,9 @@ def test_an_unweighted_prompt_gives_the_same_pixels_as_before(engine, model):
     loaded = engine.load(model)
     pipe = engine.pipeline(model, "txt2img")
     pipe.scheduler = make_scheduler(asked.sampler, loaded.base.scheduler.config)
-    embeds = {k: v for k, v in diffusers_encode(engine, model, asked.prompt, asked.negative_prompt).items() if v is not None}
+    embeds = {
+        k: v for k, v in diffusers_encode(engine, model, asked.prompt, asked.negative_prompt).items() if v is not None
+    }
     before = pipe(
         **embeds,
         **asked.pipeline_arguments(),
@@ -164,7 +169,9 @@ def test_the_negative_prompt_is_weighted_the_same_way(engine, model):
     )
     if engine.load(model).family == "sdxl":
         # The pooled vector is the unweighted words', as in A1111.
-        assert torch.allclose(weighted["negative_pooled_prompt_embeds"], plain["negative_pooled_prompt_embeds"], atol=1e-6)
+        assert torch.allclose(
+            weighted["negative_pooled_prompt_embeds"], plain["negative_pooled_prompt_embeds"], atol=1e-6
+        )
 
 
 def test_sdxl_keeps_zeros_for_an_empty_negative_prompt_when_weighted(engine, tiny_sdxl_folder):
@@ -260,7 +267,9 @@ def test_break_starts_a_new_chunk(engine, tiny_sd_folder):
 # -- the embedded model: its own tokenizer, 24 tokens --------------------------
 
 
-@pytest.mark.parametrize("prompt", ["a (red:1.4) circle on a blue background", "a ((red)) circle on a [blue] background"])
+@pytest.mark.parametrize(
+    "prompt", ["a (red:1.4) circle on a blue background", "a ((red)) circle on a [blue] background"]
+)
 def test_the_embedded_model_draws_a_weighted_prompt(engine, prompt, read_drawing):
     for seed in (1, 2, 3):
         reading = read_drawing(engine, prompt, seed)
@@ -284,5 +293,7 @@ def test_the_embedded_model_chunks_at_its_own_length(engine):
     assert length > 2 * 24 and length % 24 == 0
     assert embeds["negative_prompt_embeds"].shape[1] == length
     defaults = embedded.defaults()
-    image = engine.run(Text2ImgRequest(prompt=long, width=defaults["width"], height=defaults["height"], num_inference_steps=2)).images[0]
+    image = engine.run(
+        Text2ImgRequest(prompt=long, width=defaults["width"], height=defaults["height"], num_inference_steps=2)
+    ).images[0]
     assert image.size == (64, 64)

@@ -7,7 +7,7 @@ from PIL import Image
 from pipelines.engine import Engine
 from pipelines.errors import ModelError
 from pipelines.loaders import _single_file_class
-from pipelines.requests import Img2ImgRequest, InpaintRequest, ImageRef, RequestError, Text2ImgRequest
+from pipelines.requests import ImageRef, Img2ImgRequest, InpaintRequest, RequestError, Text2ImgRequest
 
 SETTINGS = {"width": 64, "height": 64, "num_inference_steps": 10, "guidance_scale": 5.0, "sampler": "Euler", "seed": 4}
 
@@ -44,8 +44,9 @@ def test_the_refiner_finishes_the_base_and_reruns_identically(engine, tiny_sdxl_
 
 
 def test_the_switch_decides_how_much_the_refiner_does(engine, tiny_sdxl_folder, tiny_sdxl_refiner_folder):
-    request = Text2ImgRequest(prompt="a blue square", model=str(tiny_sdxl_folder), refiner=str(tiny_sdxl_refiner_folder),
-                              **SETTINGS)
+    request = Text2ImgRequest(
+        prompt="a blue square", model=str(tiny_sdxl_folder), refiner=str(tiny_sdxl_refiner_folder), **SETTINGS
+    )
     early = run(engine, request.replace(refiner_switch=0.3))[1][0]
     late = run(engine, request.replace(refiner_switch=0.9))[1][0]
     assert not np.array_equal(early, late)
@@ -53,8 +54,14 @@ def test_the_switch_decides_how_much_the_refiner_does(engine, tiny_sdxl_folder, 
 
 def test_image_to_image_with_a_refiner(engine, tiny_sdxl_folder, tiny_sdxl_refiner_folder):
     start = ImageRef.of(Image.new("RGB", (64, 64), (200, 30, 30)))
-    request = Img2ImgRequest(prompt="a red square", model=str(tiny_sdxl_folder), image=start, strength=0.6,
-                             refiner=str(tiny_sdxl_refiner_folder), **SETTINGS)
+    request = Img2ImgRequest(
+        prompt="a red square",
+        model=str(tiny_sdxl_folder),
+        image=start,
+        strength=0.6,
+        refiner=str(tiny_sdxl_refiner_folder),
+        **SETTINGS,
+    )
     steps = []
     result, pixels = run(engine, request, progress=lambda done, total: steps.append((done, total)))
     assert len(pixels) == 1 and pixels[0].shape == (64, 64, 3)
@@ -62,8 +69,9 @@ def test_image_to_image_with_a_refiner(engine, tiny_sdxl_folder, tiny_sdxl_refin
     assert "refiner" in result.environment
 
 
-def test_a_refiner_is_refused_where_it_does_not_apply(engine, tiny_sd_folder, tiny_sdxl_folder, tiny_sdxl_refiner_folder,
-                                                      tmp_path):
+def test_a_refiner_is_refused_where_it_does_not_apply(
+    engine, tiny_sd_folder, tiny_sdxl_folder, tiny_sdxl_refiner_folder, tmp_path
+):
     refiner = str(tiny_sdxl_refiner_folder)
     with pytest.raises(ModelError, match="refiner applies to SDXL models; .* is a Stable Diffusion 1.x/2.x model"):
         engine.check(Text2ImgRequest(prompt="a cat", model=str(tiny_sd_folder), refiner=refiner, **SETTINGS))
@@ -73,7 +81,9 @@ def test_a_refiner_is_refused_where_it_does_not_apply(engine, tiny_sd_folder, ti
     with pytest.raises(ModelError, match=r"^refiner: model .* is not on this machine"):
         engine.check(Text2ImgRequest(prompt="a cat", model=str(tiny_sdxl_folder), refiner=gone, **SETTINGS))
     with pytest.raises(ModelError, match="room for two models"):
-        Engine(max_models=1).check(Text2ImgRequest(prompt="a cat", model=str(tiny_sdxl_folder), refiner=refiner, **SETTINGS))
+        Engine(max_models=1).check(
+            Text2ImgRequest(prompt="a cat", model=str(tiny_sdxl_folder), refiner=refiner, **SETTINGS)
+        )
 
 
 @pytest.mark.parametrize(
@@ -92,8 +102,12 @@ def test_bad_refiner_fields_are_one_sentence(fields, message):
 
 def test_inpainting_keeps_its_pixels_and_takes_no_refiner():
     photo = ImageRef.of(Image.new("RGB", (64, 64), "red"))
-    with pytest.raises(RequestError, match="refiner applies to text-to-image and image-to-image; remove it for inpaint"):
-        InpaintRequest(prompt="a cat", image=photo, mask_image=ImageRef.of(Image.new("L", (64, 64), 255)), refiner="x/y")
+    with pytest.raises(
+        RequestError, match="refiner applies to text-to-image and image-to-image; remove it for inpaint"
+    ):
+        InpaintRequest(
+            prompt="a cat", image=photo, mask_image=ImageRef.of(Image.new("L", (64, 64), 255)), refiner="x/y"
+        )
 
 
 def test_a_single_file_refiner_is_read_as_one(tmp_path):
@@ -106,19 +120,34 @@ def test_a_single_file_refiner_is_read_as_one(tmp_path):
         return torch.zeros(1)
 
     refiner = tmp_path / "refiner.safetensors"
-    save_file({"conditioner.embedders.0.model.ln_final.weight": weight(),
-               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, str(refiner))
+    save_file(
+        {
+            "conditioner.embedders.0.model.ln_final.weight": weight(),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3),
+        },
+        str(refiner),
+    )
     base = tmp_path / "base.safetensors"
-    save_file({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": weight(),
-               "conditioner.embedders.1.model.ln_final.weight": weight()}, str(base))
+    save_file(
+        {
+            "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": weight(),
+            "conditioner.embedders.1.model.ln_final.weight": weight(),
+        },
+        str(base),
+    )
     assert _single_file_class(refiner) is StableDiffusionXLImg2ImgPipeline
     assert _single_file_class(base) is StableDiffusionXLPipeline
 
 
 def test_a_weighted_prompt_reaches_the_refiner_too(engine, tiny_sdxl_folder, tiny_sdxl_refiner_folder):
     """The refiner encodes the prompt with its one encoder, weights included, through the same cache."""
-    request = Text2ImgRequest(prompt="a (red:1.5) circle", negative_prompt="[blurry]", model=str(tiny_sdxl_folder),
-                              refiner=str(tiny_sdxl_refiner_folder), **SETTINGS)
+    request = Text2ImgRequest(
+        prompt="a (red:1.5) circle",
+        negative_prompt="[blurry]",
+        model=str(tiny_sdxl_folder),
+        refiner=str(tiny_sdxl_refiner_folder),
+        **SETTINGS,
+    )
     weighted = run(engine, request)[1][0]
     plain = run(engine, request.replace(prompt="a red circle", negative_prompt="blurry"))[1][0]
     assert not np.array_equal(weighted, plain)

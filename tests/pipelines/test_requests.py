@@ -22,9 +22,24 @@ def test_round_trip_through_json_is_exact():
 
 def test_fields_use_diffusers_argument_names():
     assert set(make().to_dict()) == {
-        "task", "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale",
-        "width", "height", "sampler", "batch_size", "model", "variation_seed", "variation_strength",
-        "ip_adapter_image", "ip_adapter_scale", "loras", "refiner", "refiner_switch",
+        "task",
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "num_inference_steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "sampler",
+        "batch_size",
+        "model",
+        "variation_seed",
+        "variation_strength",
+        "ip_adapter_image",
+        "ip_adapter_scale",
+        "loras",
+        "refiner",
+        "refiner_switch",
     }
 
 

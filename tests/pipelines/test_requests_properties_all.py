@@ -44,8 +44,13 @@ PARAMETERS = sorted({key for entry in preprocessors.PREPROCESSORS.values() for k
 # ("low_threshold for canny must ...", "canny has no parameter ..."); a LoRA
 # weight by its LoRA ("the weight of LoRA 'style' must ...", pipelines/lora.py).
 NESTED = [
-    "control image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
-    *PARAMETERS, *preprocessors.PREPROCESSORS, "the weight of LoRA",
+    "control image",
+    "controlnet_conditioning_scale",
+    "control_guidance_start",
+    "control_guidance_end",
+    *PARAMETERS,
+    *preprocessors.PREPROCESSORS,
+    "the weight of LoRA",
 ]
 # What from_dict says about the stored shape itself: the task, or an unknown key of a type.
 STORED = ["task", *(cls.__name__ for cls in REQUEST_TYPES.values()), "a control has no field", "controls"]
@@ -74,11 +79,18 @@ def _image(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
 
 # A small pool of real inputs, hashed once: photos, and masks of the photos' size
 # and of other sizes and modes (the inpaint check must refuse the wrong ones).
-PHOTOS = [ImageRef.of(_image("RGB", (16, 16), 1)), ImageRef.of(_image("RGB", (24, 16), 2)),
-          ImageRef.of(_image("RGBA", (16, 16), 3))]
-MASKS = [ImageRef.of(_image("L", (16, 16), 4)), ImageRef.of(_image("L", (24, 16), 5)),
-         ImageRef.of(_image("RGB", (16, 16), 6)), ImageRef.of(_image("1", (16, 16), 7)),
-         ImageRef.of(_image("L", (8, 8), 8))]
+PHOTOS = [
+    ImageRef.of(_image("RGB", (16, 16), 1)),
+    ImageRef.of(_image("RGB", (24, 16), 2)),
+    ImageRef.of(_image("RGBA", (16, 16), 3)),
+]
+MASKS = [
+    ImageRef.of(_image("L", (16, 16), 4)),
+    ImageRef.of(_image("L", (24, 16), 5)),
+    ImageRef.of(_image("RGB", (16, 16), 6)),
+    ImageRef.of(_image("1", (16, 16), 7)),
+    ImageRef.of(_image("L", (8, 8), 8)),
+]
 IMAGES = {ref.sha256: ref.image for ref in PHOTOS + MASKS}
 # A stored reference without its pixels: what a request read back without the gallery holds.
 HASH_ONLY = ImageRef("ab" * 32)
@@ -101,8 +113,16 @@ fraction = st.floats(min_value=0, max_value=1)
 seed = st.integers(min_value=0, max_value=MAX_SEED)
 prompt = st.one_of(
     st.text(min_size=1, max_size=40).filter(str.strip),
-    st.sampled_from(["a red circle", "a red circle\na blue square", "\x00\x1b[31m\u202e", "<b>x</b>",
-                     "'; DROP TABLE generations; --", "\ud800 a lone surrogate"]),
+    st.sampled_from(
+        [
+            "a red circle",
+            "a red circle\na blue square",
+            "\x00\x1b[31m\u202e",
+            "<b>x</b>",
+            "'; DROP TABLE generations; --",
+            "\ud800 a lone surrogate",
+        ]
+    ),
     st.integers(min_value=9_990, max_value=10_000).map(lambda n: "x" * n),
 )
 
@@ -113,31 +133,47 @@ COMMON = {
     "negative_prompt": (st.one_of(st.just(""), prompt), st.one_of(st.just("x" * 10_001), junk)),
     "seed": (seed, st.one_of(st.sampled_from([-1, MAX_SEED + 1, 2**64]), junk)),
     "num_inference_steps": (st.integers(1, 150), st.one_of(st.sampled_from([0, 151, 2.0]), junk)),
-    "guidance_scale": (st.one_of(st.floats(0, 30), st.integers(0, 30)),
-                       st.one_of(st.sampled_from([-0.1, 30.01, float("nan"), float("inf")]), junk)),
+    "guidance_scale": (
+        st.one_of(st.floats(0, 30), st.integers(0, 30)),
+        st.one_of(st.sampled_from([-0.1, 30.01, float("nan"), float("inf")]), junk),
+    ),
     "width": (st.sampled_from([64, 72, 512, 2048]), st.one_of(st.sampled_from([56, 100, 2056, -64, 512.0]), junk)),
     "height": (st.sampled_from([64, 72, 512, 2048]), st.one_of(st.sampled_from([56, 100, 2056, -64, 512.0]), junk)),
     "sampler": (st.sampled_from(SAMPLER_NAMES), st.one_of(st.sampled_from(["k_lms", "euler"]), junk)),
     "batch_size": (st.integers(1, 16), st.one_of(st.sampled_from([0, 17, 1.0]), junk)),
-    "model": (st.sampled_from(["embedded", "org/stable-diffusion-v1-5", "/models/x.safetensors"]),
-              st.one_of(st.sampled_from(["", "  "]), junk)),
+    "model": (
+        st.sampled_from(["embedded", "org/stable-diffusion-v1-5", "/models/x.safetensors"]),
+        st.one_of(st.sampled_from(["", "  "]), junk),
+    ),
     "variation_seed": (st.one_of(st.none(), seed), st.one_of(st.sampled_from([-1, MAX_SEED + 1]), junk)),
-    "variation_strength": (st.one_of(st.just(0.0), fraction),
-                           st.one_of(st.sampled_from([-0.01, 1.01, float("nan")]), junk)),
+    "variation_strength": (
+        st.one_of(st.just(0.0), fraction),
+        st.one_of(st.sampled_from([-0.01, 1.01, float("nan")]), junk),
+    ),
     "ip_adapter_image": (st.one_of(st.none(), photo, st.just(HASH_ONLY)), junk),
     "ip_adapter_scale": (st.floats(0, 2), st.one_of(st.sampled_from([-0.1, 2.1, float("inf")]), junk)),
-    "refiner": (st.one_of(st.none(), st.sampled_from(["org/some-refiner", "/m/r.safetensors"])),
-                st.one_of(st.sampled_from(["", "  ", "x" * 10_001]), junk)),
+    "refiner": (
+        st.one_of(st.none(), st.sampled_from(["org/some-refiner", "/m/r.safetensors"])),
+        st.one_of(st.sampled_from(["", "  ", "x" * 10_001]), junk),
+    ),
     "refiner_switch": (st.floats(0.01, 0.99), st.one_of(st.sampled_from([0, 1, 1.0, -0.5, float("nan")]), junk)),
     "loras": (
-        st.lists(st.tuples(st.sampled_from(["style", "texture", "a b", "..", "ünï"]), st.floats(-2, 2)),
-                 max_size=8, unique_by=lambda pair: pair[0]),
+        st.lists(
+            st.tuples(st.sampled_from(["style", "texture", "a b", "..", "ünï"]), st.floats(-2, 2)),
+            max_size=8,
+            unique_by=lambda pair: pair[0],
+        ),
         st.one_of(
-            st.lists(st.tuples(st.sampled_from(["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"]), st.just(1.0)),
-                     min_size=9, max_size=9, unique_by=lambda pair: pair[0]),  # one too many
+            st.lists(
+                st.tuples(st.sampled_from(["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"]), st.just(1.0)),
+                min_size=9,
+                max_size=9,
+                unique_by=lambda pair: pair[0],
+            ),  # one too many
             st.just([("style", 1.0), ("style", 0.5)]),  # the same LoRA twice
-            st.lists(st.tuples(st.one_of(st.just("style"), junk), st.one_of(st.floats(-2, 2), junk)),
-                     min_size=1, max_size=2),
+            st.lists(
+                st.tuples(st.one_of(st.just("style"), junk), st.one_of(st.floats(-2, 2), junk)), min_size=1, max_size=2
+            ),
             st.lists(st.lists(st.just("style"), max_size=3), min_size=1, max_size=2),  # not pairs
             junk,
         ),
@@ -208,8 +244,10 @@ def unit_fields(draw) -> UnitFields:
         if key == "a parameter":
             param = draw(st.one_of(st.sampled_from(sorted(specs) or ["low_threshold"]), text, st.integers()))
             params = fields["preprocessor_params"]
-            fields["preprocessor_params"] = {**(params if isinstance(params, dict) else {}), param: draw(
-                st.one_of(st.sampled_from([-1, 256, 2**80, 10**400, 1.5, float("nan"), True]), junk))}
+            fields["preprocessor_params"] = {
+                **(params if isinstance(params, dict) else {}),
+                param: draw(st.one_of(st.sampled_from([-1, 256, 2**80, 10**400, 1.5, float("nan"), True]), junk)),
+            }
         elif key == "image":
             fields[key] = draw(IMAGE_JUNK)
         elif key in ("guidance_start", "guidance_end"):
@@ -223,18 +261,29 @@ def unit_fields(draw) -> UnitFields:
 def request_fields(draw, cls) -> dict:
     """A request's fields: plausible values for some (defaults for the rest), then up to two replaced by junk."""
     spec = {**COMMON, **TASK_FIELDS[cls]}
-    required = {"prompt", *(name for name in ("image", "mask_image") if name in TASK_FIELDS[cls]
-                            and cls is not ControlNetRequest)}
+    required = {
+        "prompt",
+        *(name for name in ("image", "mask_image") if name in TASK_FIELDS[cls] and cls is not ControlNetRequest),
+    }
     fields = {name: draw(spec[name][0]) for name in sorted(required)}
     for name in draw(st.lists(st.sampled_from(sorted(set(spec) - required)), max_size=6, unique=True)):
         fields[name] = draw(spec[name][0])
     if cls is ControlNetRequest:
         fields["controls"] = [draw(unit_fields()) for _ in range(draw(st.integers(1, 3)))]
-    for name in draw(st.lists(st.sampled_from(sorted(spec) + (["controls"] if cls is ControlNetRequest else [])),
-                              max_size=2, unique=True)):
+    for name in draw(
+        st.lists(
+            st.sampled_from(sorted(spec) + (["controls"] if cls is ControlNetRequest else [])), max_size=2, unique=True
+        )
+    ):
         if name == "controls":
-            fields[name] = draw(st.one_of(st.just([]), st.lists(unit_fields(), min_size=4, max_size=4),
-                                          st.lists(junk, min_size=1, max_size=2), junk))
+            fields[name] = draw(
+                st.one_of(
+                    st.just([]),
+                    st.lists(unit_fields(), min_size=4, max_size=4),
+                    st.lists(junk, min_size=1, max_size=2),
+                    junk,
+                )
+            )
         else:
             fields[name] = draw(spec[name][1])
     return fields
@@ -331,14 +380,25 @@ def test_controlnet_and_its_units(fields):
 
 
 VALID = [
-    Text2ImgRequest(prompt="a red circle", seed=3, loras=(("style", 0.5),), variation_seed=9, variation_strength=0.2,
-                    ip_adapter_image=PHOTOS[0]),
+    Text2ImgRequest(
+        prompt="a red circle",
+        seed=3,
+        loras=(("style", 0.5),),
+        variation_seed=9,
+        variation_strength=0.2,
+        ip_adapter_image=PHOTOS[0],
+    ),
     Img2ImgRequest(prompt="a red circle", image=PHOTOS[1], strength=0.5),
     InpaintRequest(prompt="a red circle\na blue circle", image=PHOTOS[0], mask_image=MASKS[0], padding_mask_crop=16),
-    ControlNetRequest(prompt="a red circle", controls=(ControlUnit(image=PHOTOS[0]),
-                                                       ControlUnit(image=PHOTOS[1], preprocessor="shuffle",
-                                                                   preprocessor_params={"seed": 4})),
-                      image=PHOTOS[0], mask_image=MASKS[0]),
+    ControlNetRequest(
+        prompt="a red circle",
+        controls=(
+            ControlUnit(image=PHOTOS[0]),
+            ControlUnit(image=PHOTOS[1], preprocessor="shuffle", preprocessor_params={"seed": 4}),
+        ),
+        image=PHOTOS[0],
+        mask_image=MASKS[0],
+    ),
 ]
 
 
@@ -348,8 +408,13 @@ def edited_records(draw) -> dict:
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
         key = draw(st.one_of(st.sampled_from(sorted(data)), st.sampled_from(["strength", "controls", "mask_image"])))
         stored_units = data.get("controls")
-        if key == "controls" and isinstance(stored_units, list) and stored_units and isinstance(stored_units[0], dict) \
-                and draw(st.booleans()):
+        if (
+            key == "controls"
+            and isinstance(stored_units, list)
+            and stored_units
+            and isinstance(stored_units[0], dict)
+            and draw(st.booleans())
+        ):
             # Change one key inside a stored ControlNet unit.
             unit = dict(data["controls"][0])
             unit_key = draw(st.one_of(st.sampled_from(UNIT_FIELDS), st.text(min_size=1, max_size=8)))
@@ -364,9 +429,11 @@ def edited_records(draw) -> dict:
 @given(edited_records())
 def test_edited_stored_records_read_back_or_say_which_field(data):
     cls = REQUEST_TYPES.get(data.get("task")) if isinstance(data.get("task"), str) else None
-    names = (field_names(cls) if cls else []) + STORED + [
-        f.name for c in REQUEST_TYPES.values() for f in dataclasses.fields(c)
-    ]
+    names = (
+        (field_names(cls) if cls else [])
+        + STORED
+        + [f.name for c in REQUEST_TYPES.values() for f in dataclasses.fields(c)]
+    )
     try:
         request = request_from_dict(data, IMAGES)
     except RequestError as error:

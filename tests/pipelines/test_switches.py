@@ -8,8 +8,14 @@ from pipelines.engine import Engine
 from pipelines.errors import ModelError
 from pipelines.requests import Text2ImgRequest
 
-REQUEST = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "num_inference_steps": 20,
-           "guidance_scale": 5.0, "seed": 3}
+REQUEST = {
+    "prompt": "a red circle on a blue background",
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 20,
+    "guidance_scale": 5.0,
+    "seed": 3,
+}
 
 
 def pixels(engine, **fields):
@@ -38,19 +44,31 @@ def test_one_resident_model_swaps_on_every_switch(tiny_sd_folder):
     assert engine.resident() == [str(tiny_sd_folder)]
 
 
-@pytest.mark.parametrize("switches", [Switches(attention="math"), Switches(vae_tiling="on"), Switches(vae_tiling="off")])
+@pytest.mark.parametrize(
+    "switches", [Switches(attention="math"), Switches(vae_tiling="on"), Switches(vae_tiling="off")]
+)
 def test_switches_are_recorded_and_keep_the_picture(switches):
     baseline = pixels(Engine())
     engine = Engine(switches=switches)
     assert np.abs(pixels(engine) - baseline).max() <= 2
     environment = engine.environment()
-    assert {key: environment[key] for key in ("attention", "vae_tiling", "cpu_offload", "compile")} == switches.fingerprint()
+    assert {
+        key: environment[key] for key in ("attention", "vae_tiling", "cpu_offload", "compile")
+    } == switches.fingerprint()
 
 
 def test_vae_tiling_decodes_a_large_image_in_tiles(tiny_sd_folder):
     engine = Engine(switches=Switches(vae_tiling="on"))
-    image = engine.run(Text2ImgRequest(prompt="a red square", model=str(tiny_sd_folder), width=640, height=576,
-                                       num_inference_steps=1, guidance_scale=1.0)).images[0]
+    image = engine.run(
+        Text2ImgRequest(
+            prompt="a red square",
+            model=str(tiny_sd_folder),
+            width=640,
+            height=576,
+            num_inference_steps=1,
+            guidance_scale=1.0,
+        )
+    ).images[0]
     assert image.size == (640, 576)
     assert engine.load(str(tiny_sd_folder)).base.vae.use_tiling
 

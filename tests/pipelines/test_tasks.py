@@ -50,7 +50,9 @@ def product_and_mask(photo, background):
 def test_img2img_repaints_the_background_and_keeps_the_composition(engine):
     photo = drawn("circle", "yellow", "blue", cx=0.35, cy=0.4)
     result = engine.run(
-        Img2ImgRequest(prompt="a yellow circle on a red background", image=ImageRef.of(photo), strength=0.8, seed=2, **SETTINGS)
+        Img2ImgRequest(
+            prompt="a yellow circle on a red background", image=ImageRef.of(photo), strength=0.8, seed=2, **SETTINGS
+        )
     )
     reading = classify(result.images[0])
     assert (reading.background, reading.colour, reading.shape) == ("red", "yellow", "circle")
@@ -65,8 +67,13 @@ def test_img2img_low_strength_keeps_the_picture(engine):
     truth = classify(photo).mask
 
     def overlap(strength):
-        request = Img2ImgRequest(prompt="a small white triangle on a green background", image=ImageRef.of(photo),
-                                 strength=strength, seed=2, **SETTINGS)
+        request = Img2ImgRequest(
+            prompt="a small white triangle on a green background",
+            image=ImageRef.of(photo),
+            strength=strength,
+            seed=2,
+            **SETTINGS,
+        )
         image = engine.run(request).images[0]
         found = classify(image).mask
         return (found & truth).sum() / (found | truth).sum(), image
@@ -82,8 +89,14 @@ def test_img2img_low_strength_keeps_the_picture(engine):
 def test_img2img_resize_modes_give_the_asked_size(engine, mode):
     wide = Image.fromarray(np.concatenate([render(Scene("square", "red", "blue", 0.22, 0.5, 0.5))] * 2, axis=1))
     request = Img2ImgRequest(
-        prompt="a red square on a blue background", image=ImageRef.of(wide), width=64, height=64,
-        resize_mode=mode, strength=0.3, seed=1, **SETTINGS,
+        prompt="a red square on a blue background",
+        image=ImageRef.of(wide),
+        width=64,
+        height=64,
+        resize_mode=mode,
+        strength=0.3,
+        seed=1,
+        **SETTINGS,
     )
     image = engine.run(request).images[0]
     assert image.size == (64, 64)
@@ -105,8 +118,12 @@ def test_inpaint_keeps_every_product_pixel_and_repaints_the_background(engine):
     for feather in (0, 4):
         result = engine.run(
             InpaintRequest(
-                prompt="a red square on a yellow background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask),
-                mask_feather=feather, seed=5, **SETTINGS,
+                prompt="a red square on a yellow background",
+                image=ImageRef.of(photo),
+                mask_image=ImageRef.of(mask),
+                mask_feather=feather,
+                seed=5,
+                **SETTINGS,
             )
         )
         output = np.asarray(result.images[0])
@@ -120,7 +137,10 @@ def test_inpaint_one_image_per_prompt_line_with_the_same_seed(engine):
     kept, mask = product_and_mask(photo, "black")
     request = InpaintRequest(
         prompt="a white circle on a green background\n\na white circle on a purple background\n",
-        image=ImageRef.of(photo), mask_image=ImageRef.of(mask), seed=9, **SETTINGS,
+        image=ImageRef.of(photo),
+        mask_image=ImageRef.of(mask),
+        seed=9,
+        **SETTINGS,
     )
     result = engine.run(request)
     assert [classify(image).background for image in result.images] == ["green", "purple"]
@@ -130,9 +150,17 @@ def test_inpaint_one_image_per_prompt_line_with_the_same_seed(engine):
 
 
 def test_inpaint_keeps_the_photo_size_when_it_is_not_a_multiple_of_8(engine):
-    photo = Image.fromarray(render(Scene("square", "red", "blue", 0.22, 0.5, 0.5))).resize((70, 66), Image.Resampling.NEAREST)
+    photo = Image.fromarray(render(Scene("square", "red", "blue", 0.22, 0.5, 0.5))).resize(
+        (70, 66), Image.Resampling.NEAREST
+    )
     kept, mask = product_and_mask(photo, "blue")
-    request = InpaintRequest(prompt="a red square on a white background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), seed=1, **SETTINGS)
+    request = InpaintRequest(
+        prompt="a red square on a white background",
+        image=ImageRef.of(photo),
+        mask_image=ImageRef.of(mask),
+        seed=1,
+        **SETTINGS,
+    )
     image = engine.run(request).images[0]
     assert image.size == (70, 66)
     assert np.array_equal(np.asarray(image)[kept], np.asarray(photo)[kept])
@@ -155,7 +183,12 @@ def test_controlnet_puts_the_shape_where_the_edges_are(engine):
     control = drawn("circle", "white", "black", half=0.2, cx=0.3, cy=0.7)
     for seed in (1, 2):
         result = engine.run(
-            ControlNetRequest(prompt="a red circle on a blue background", controls=(ControlUnit(image=ImageRef.of(control)),), seed=seed, **SETTINGS)
+            ControlNetRequest(
+                prompt="a red circle on a blue background",
+                controls=(ControlUnit(image=ImageRef.of(control)),),
+                seed=seed,
+                **SETTINGS,
+            )
         )
         reading = classify(result.images[0])
         assert (reading.background, reading.colour, reading.shape) == ("blue", "red", "circle")
@@ -168,10 +201,16 @@ def test_controlnet_puts_the_shape_where_the_edges_are(engine):
 def test_controlnet_scale_zero_is_plain_text_to_image(engine):
     control = drawn("circle", "white", "black", half=0.2, cx=0.3, cy=0.7)
     steered = engine.run(
-        ControlNetRequest(prompt="a red square on a blue background", seed=3,
-                          controls=(ControlUnit(image=ImageRef.of(control), conditioning_scale=0.0),), **SETTINGS)
+        ControlNetRequest(
+            prompt="a red square on a blue background",
+            seed=3,
+            controls=(ControlUnit(image=ImageRef.of(control), conditioning_scale=0.0),),
+            **SETTINGS,
+        )
     )
-    plain = engine.run(Text2ImgRequest(prompt="a red square on a blue background", seed=3, width=64, height=64, **SETTINGS))
+    plain = engine.run(
+        Text2ImgRequest(prompt="a red square on a blue background", seed=3, width=64, height=64, **SETTINGS)
+    )
     difference = np.abs(np.asarray(steered.images[0], dtype=int) - np.asarray(plain.images[0], dtype=int))
     assert difference.max() <= 2
 
@@ -181,7 +220,9 @@ def test_two_controlnets_at_once(engine):
     right = drawn("square", "white", "black", half=0.15, cx=0.7, cy=0.5)
 
     def run(*units):
-        return engine.run(ControlNetRequest(prompt="a red square on a blue background", controls=units, seed=5, **SETTINGS))
+        return engine.run(
+            ControlNetRequest(prompt="a red square on a blue background", controls=units, seed=5, **SETTINGS)
+        )
 
     only_left = run(ControlUnit(image=ImageRef.of(left)))
     both = run(ControlUnit(image=ImageRef.of(left)), ControlUnit(image=ImageRef.of(right), conditioning_scale=0.0))
@@ -197,8 +238,13 @@ def test_controlnet_inpaint_keeps_the_product_and_pins_the_layout(engine):
     photo = drawn("square", "red", "blue", half=0.15, cx=0.3, cy=0.3)
     kept, mask = product_and_mask(photo, "blue")
     request = ControlNetRequest(
-        prompt="a red square on a green background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask),
-        strength=1.0, controls=(ControlUnit(image=ImageRef.of(photo)),), seed=6, **SETTINGS,
+        prompt="a red square on a green background",
+        image=ImageRef.of(photo),
+        mask_image=ImageRef.of(mask),
+        strength=1.0,
+        controls=(ControlUnit(image=ImageRef.of(photo)),),
+        seed=6,
+        **SETTINGS,
     )
     image = engine.run(request).images[0]
     assert np.array_equal(np.asarray(image)[kept], np.asarray(photo)[kept])
@@ -208,14 +254,20 @@ def test_controlnet_inpaint_keeps_the_product_and_pins_the_layout(engine):
 def test_a_controlnet_for_another_model_is_refused_with_a_reason(engine, tiny_sd_controlnet_folder):
     control = drawn()
     request = ControlNetRequest(
-        prompt="a red square", controls=(ControlUnit(image=ImageRef.of(control), controlnet=str(tiny_sd_controlnet_folder)),), **SETTINGS
+        prompt="a red square",
+        controls=(ControlUnit(image=ImageRef.of(control), controlnet=str(tiny_sd_controlnet_folder)),),
+        **SETTINGS,
     )
     with pytest.raises(ModelError, match="made for another kind of model"):
         engine.run(request)
 
 
 def test_an_unknown_controlnet_names_what_is_allowed(engine):
-    request = ControlNetRequest(prompt="a red square", controls=(ControlUnit(image=ImageRef.of(drawn()), controlnet="no such thing"),), **SETTINGS)
+    request = ControlNetRequest(
+        prompt="a red square",
+        controls=(ControlUnit(image=ImageRef.of(drawn()), controlnet="no such thing"),),
+        **SETTINGS,
+    )
     with pytest.raises(ModelError, match="controlnet must be one of embedded-canny"):
         engine.run(request)
 
@@ -230,8 +282,15 @@ def test_all_four_tasks_share_one_load_of_the_base_model():
     requests = [
         Text2ImgRequest(prompt="a red square on a blue background", width=64, height=64, **SETTINGS),
         Img2ImgRequest(prompt="a red square on a white background", image=ImageRef.of(photo), **SETTINGS),
-        InpaintRequest(prompt="a red square on a green background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), **SETTINGS),
-        ControlNetRequest(prompt="a red square on a black background", controls=(ControlUnit(image=ImageRef.of(photo)),), **SETTINGS),
+        InpaintRequest(
+            prompt="a red square on a green background",
+            image=ImageRef.of(photo),
+            mask_image=ImageRef.of(mask),
+            **SETTINGS,
+        ),
+        ControlNetRequest(
+            prompt="a red square on a black background", controls=(ControlUnit(image=ImageRef.of(photo)),), **SETTINGS
+        ),
     ]
     for request in requests:
         assert engine.run(request).images
@@ -245,8 +304,14 @@ def test_all_four_tasks_share_one_load_of_the_base_model():
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_every_task_runs_on_tiny_sd_and_sdxl(family, tiny_sd_folder, tiny_sdxl_folder, tiny_sd_controlnet_folder, tiny_sdxl_controlnet_folder):
-    folder, controlnet = (tiny_sd_folder, tiny_sd_controlnet_folder) if family == "sd" else (tiny_sdxl_folder, tiny_sdxl_controlnet_folder)
+def test_every_task_runs_on_tiny_sd_and_sdxl(
+    family, tiny_sd_folder, tiny_sdxl_folder, tiny_sd_controlnet_folder, tiny_sdxl_controlnet_folder
+):
+    folder, controlnet = (
+        (tiny_sd_folder, tiny_sd_controlnet_folder)
+        if family == "sd"
+        else (tiny_sdxl_folder, tiny_sdxl_controlnet_folder)
+    )
     engine = Engine()
     photo = Image.new("RGB", (64, 64), (30, 60, 220))
     mask = Image.new("L", (64, 64), 255)
@@ -255,7 +320,11 @@ def test_every_task_runs_on_tiny_sd_and_sdxl(family, tiny_sd_folder, tiny_sdxl_f
     requests = [
         Img2ImgRequest(prompt="a red square", image=ImageRef.of(photo), **common),
         InpaintRequest(prompt="a red square", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), **common),
-        ControlNetRequest(prompt="a red square", controls=(ControlUnit(image=ImageRef.of(photo), controlnet=str(controlnet)),), **common),
+        ControlNetRequest(
+            prompt="a red square",
+            controls=(ControlUnit(image=ImageRef.of(photo), controlnet=str(controlnet)),),
+            **common,
+        ),
     ]
     for request in requests:
         image = engine.run(request).images[0]
@@ -269,7 +338,9 @@ def test_a_nine_channel_inpainting_model_runs_inpainting_only(tiny_sd_inpaint_fo
     mask = Image.new("L", (64, 64), 255)
     mask.paste(0, (16, 16, 48, 48))
     common = {"model": str(tiny_sd_inpaint_folder), "num_inference_steps": 2, "guidance_scale": 5.0, "seed": 3}
-    image = engine.run(InpaintRequest(prompt="a red square", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), **common)).images[0]
+    image = engine.run(
+        InpaintRequest(prompt="a red square", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), **common)
+    ).images[0]
     assert engine.load(str(tiny_sd_inpaint_folder)).base.unet.config.in_channels == 9
     assert np.array_equal(np.asarray(image)[16:48, 16:48], np.asarray(photo)[16:48, 16:48])
     with pytest.raises(ModelError, match="inpainting model"):

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, RecordNotFound, StorageError
-from storage import export
+from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, RecordNotFound, StorageError, export
 from storage.export import export_board, export_zip
 from storage.pngmeta import read_png_metadata
 

@@ -149,7 +149,10 @@ def test_list_and_count_filter_by_status(gallery: Gallery, new_generation: NewFa
     assert [r.id for r in gallery.list(status="succeeded")] == [done.id]
     assert [r.id for r in gallery.list(status="running")] == [running.id]
     assert (gallery.count(status="succeeded"), gallery.count(status="failed"), gallery.count()) == (1, 0, 2)
-    with pytest.raises(StorageError, match="status must be one of queued, running, succeeded, failed, cancelled, interrupted, not 'done'"):
+    with pytest.raises(
+        StorageError,
+        match="status must be one of queued, running, succeeded, failed, cancelled, interrupted, not 'done'",
+    ):
         gallery.list(status="done")
 
 

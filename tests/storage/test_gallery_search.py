@@ -313,7 +313,10 @@ def test_text_and_filters_together_page_by_rank(any_gallery: Gallery, new_genera
     ("query", "message"),
     [
         ({"limit": 0}, r"^limit must be between 1 and 1000, not 0\.$"),
-        ({"status": "done"}, r"^status must be one of queued, running, succeeded, failed, cancelled, interrupted, not 'done'\.$"),
+        (
+            {"status": "done"},
+            r"^status must be one of queued, running, succeeded, failed, cancelled, interrupted, not 'done'\.$",
+        ),
         ({"review": "maybe"}, r"^review must be one of none, approved, rejected, not 'maybe'\.$"),
         ({"starred": "yes"}, r"^starred must be True or False, not 'yes'\.$"),
         ({"task": ""}, r"^task must not be empty\.$"),

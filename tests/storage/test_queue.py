@@ -345,20 +345,20 @@ def test_a_finish_in_time_ends_a_claimed_job_after_its_inputs(
         finish(g, job, [])
 
 
-CHILD = """
+CHILD = f"""
 import os, sys
 from storage import Gallery, NewGeneration
 url, data_dir, how = sys.argv[1], sys.argv[2], sys.argv[3]
 params = dict(task="txt2img", model="embedded", prompt="a red circle", negative_prompt="",
               num_inference_steps=2, sampler="Euler a", guidance_scale=7.0, seed=1,
               width=64, height=64, batch_size=1)
-gallery = Gallery(url=url, data_dir=data_dir, lease_seconds=%(lease)r)
+gallery = Gallery(url=url, data_dir=data_dir, lease_seconds={LEASE!r})
 if how == "start":
     gallery.start(NewGeneration(user="ann", params=params, **params))
 else:
     assert gallery.claim_next() is not None
 os._exit(9)  # as if killed: no finish, no fail, no close
-""" % {"lease": LEASE}
+"""
 
 
 @pytest.mark.parametrize("how", ["start", "claim"])

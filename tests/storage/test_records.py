@@ -57,5 +57,7 @@ def test_from_params_copies_the_indexed_fields_by_name() -> None:
 def test_from_params_names_the_missing_fields() -> None:
     params = {key: value for key, value in PARAMS.items() if key not in ("seed", "sampler")}
 
-    with pytest.raises(StorageError, match=r"^params must hold every indexed field of a generation; missing seed, sampler"):
+    with pytest.raises(
+        StorageError, match=r"^params must hold every indexed field of a generation; missing seed, sampler"
+    ):
         NewGeneration.from_params(params, user="ann")

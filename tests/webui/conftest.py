@@ -1,16 +1,14 @@
 import contextlib
+import os
 import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
 
-import os
-
 import pytest
 
 from webui.settings import Settings
 from webui.studio import Studio
-
 
 # Ray reads these when it is imported: keep every Ray address on loopback (else Ray swaps 127.0.0.1 for
 # this machine's network address), and send nothing home.
@@ -46,14 +44,17 @@ def save_lora(path, pipe, seed):
 
     part = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
     denoiser = copy.deepcopy(getattr(pipe, part))
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), denoiser)
+    inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), denoiser
+    )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in denoiser.named_parameters():
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    type(pipe).save_lora_weights(str(path.parent), weight_name=path.name,
-                                 **{f"{part}_lora_layers": get_peft_model_state_dict(denoiser)})
+    type(pipe).save_lora_weights(
+        str(path.parent), weight_name=path.name, **{f"{part}_lora_layers": get_peft_model_state_dict(denoiser)}
+    )
 
 
 @pytest.fixture
@@ -141,10 +142,30 @@ def ray_cluster(ray_cluster_port):
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # unix socket paths must stay short
     ray = Path(sys.executable).parent / "ray"
     head = subprocess.Popen(
-        [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(ray_cluster_port),
-         "--num-cpus", "4", "--num-gpus", "0", "--include-dashboard", "false", "--object-store-memory", "100000000",
-         "--temp-dir", temp, "--disable-usage-stats"],
-        stdout=open(Path(temp) / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(ray),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(ray_cluster_port),
+            "--num-cpus",
+            "4",
+            "--num-gpus",
+            "0",
+            "--include-dashboard",
+            "false",
+            "--object-store-memory",
+            "100000000",
+            "--temp-dir",
+            temp,
+            "--disable-usage-stats",
+        ],
+        stdout=open(Path(temp) / "head.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def ours() -> list[psutil.Process]:

@@ -25,11 +25,24 @@ def test_txt2img_then_rerun_over_the_api(launched):
     # The record holds exactly what was asked.
     record = studio.gallery.get(details["id"])
     assert record.params == {
-        "task": "txt2img", "prompt": "a yellow square on a black background", "negative_prompt": "blurry",
-        "sampler": "Euler a", "num_inference_steps": 3, "guidance_scale": 6.0, "width": 64, "height": 72,
-        "seed": 77, "batch_size": 2, "model": "embedded", "variation_seed": None, "variation_strength": 0.0,
-        "ip_adapter_image": None, "ip_adapter_scale": 0.6, "loras": [],
-        "refiner": None, "refiner_switch": 0.8,
+        "task": "txt2img",
+        "prompt": "a yellow square on a black background",
+        "negative_prompt": "blurry",
+        "sampler": "Euler a",
+        "num_inference_steps": 3,
+        "guidance_scale": 6.0,
+        "width": 64,
+        "height": 72,
+        "seed": 77,
+        "batch_size": 2,
+        "model": "embedded",
+        "variation_seed": None,
+        "variation_strength": 0.0,
+        "ip_adapter_image": None,
+        "ip_adapter_scale": 0.6,
+        "loras": [],
+        "refiner": None,
+        "refiner_switch": 0.8,
     }
     assert f"Record #{record.id}" in summary
     # The files the client downloaded are the gallery's files, metadata and all.
@@ -62,8 +75,19 @@ def test_review_search_and_variations_over_the_api(launched):
 
     # Search by a prompt word, with filters, finds it; another word does not.
     items, info = client.predict(
-        "triangle orange", "everyone", "", "embedded", "any", "approved", True, "hero", "Spring campaign", "", "",
-        "succeeded", api_name="/gallery_search",
+        "triangle orange",
+        "everyone",
+        "",
+        "embedded",
+        "any",
+        "approved",
+        True,
+        "hero",
+        "Spring campaign",
+        "",
+        "",
+        "succeeded",
+        api_name="/gallery_search",
     )
     assert [item["caption"] for item in items] == [f"#{record_id} · a green triangle on an orange background"]
     assert "1–1 of 1" in info
@@ -78,10 +102,22 @@ def test_review_search_and_variations_over_the_api(launched):
 
     token = CancelToken()
     token.cancel()
-    cancelled = studio.submit(Text2ImgRequest(prompt="a cancelled purple circle", width=64, height=64), user="ada",
-                              cancel=token)
+    cancelled = studio.submit(
+        Text2ImgRequest(prompt="a cancelled purple circle", width=64, height=64), user="ada", cancel=token
+    )
     items, info = client.predict(
-        "cancelled purple", "everyone", "", "", "any", "any", False, "", "any", "", "", "cancelled",
+        "cancelled purple",
+        "everyone",
+        "",
+        "",
+        "any",
+        "any",
+        False,
+        "",
+        "any",
+        "",
+        "",
+        "cancelled",
         api_name="/gallery_search",
     )
     assert [item["caption"] for item in items] == [f"#{cancelled.id} · a cancelled purple circle"]
@@ -158,12 +194,24 @@ def test_send_to_text_to_image_brings_the_style_controls_and_the_reference(launc
 
     studio, url = launched
     reference = Image.new("RGB", (32, 32), (10, 200, 30))
-    request = Text2ImgRequest(prompt="a red circle", seed=5, width=64, height=64, loras=(("brand", 0.8), ("grain", 0.25)),
-                              variation_seed=9, variation_strength=0.2, ip_adapter_image=ImageRef.of(reference),
-                              ip_adapter_scale=0.9, refiner="org/some-refiner", refiner_switch=0.7)
+    request = Text2ImgRequest(
+        prompt="a red circle",
+        seed=5,
+        width=64,
+        height=64,
+        loras=(("brand", 0.8), ("grain", 0.25)),
+        variation_seed=9,
+        variation_strength=0.2,
+        ip_adapter_image=ImageRef.of(reference),
+        ip_adapter_scale=0.9,
+        refiner="org/some-refiner",
+        refiner_switch=0.7,
+    )
     # Stored as the queue stores a job, inputs and all (nothing has to run for the record to be sent).
-    record = studio.gallery.enqueue(_new_generation(request, user="ada", revision=None, parent_id=None),
-                                    inputs=[ImageInput(role=role, image=ref.image) for role, ref in request.input_images])
+    record = studio.gallery.enqueue(
+        _new_generation(request, user="ada", revision=None, parent_id=None),
+        inputs=[ImageInput(role=role, image=ref.image) for role, ref in request.input_images],
+    )
     client = Client(url, verbose=False)
     sent = client.predict(record.id, api_name="/send_to_tab")
     fields, styles = sent[:9], sent[9:]  # the tab switch is not an API output

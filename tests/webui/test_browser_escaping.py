@@ -16,7 +16,7 @@ SCRIPT_PROMPT = "<script>window.__pwned=2</script> okapi"
 NOTE = '<b>bold note</b> <script>window.__pwned=3</script> <img src=x onerror="window.__pwned=4">'
 # A backtick closes the Markdown code span a tag or board is shown in.
 TAG = "`<b>boldtag</b>`"
-BOARD = "`<b>boldboard</b>` <img src=x onerror=\"window.__pwned=5\">"
+BOARD = '`<b>boldboard</b>` <img src=x onerror="window.__pwned=5">'
 
 
 def made(studio, prompt: str, negative: str = ""):

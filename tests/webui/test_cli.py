@@ -15,7 +15,9 @@ def test_generate_then_rerun_reports_identical(tmp_path):
     data = ["--data", str(tmp_path / "gallery")]
     made = subprocess.run(
         [str(atelier), "generate", "--prompt", "a blue square", "--seed", "9", "--steps", "3", "--json", *data],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     generated = json.loads(made.stdout)
     [image] = generated["images"]
@@ -24,7 +26,9 @@ def test_generate_then_rerun_reports_identical(tmp_path):
 
     again = subprocess.run(
         [str(atelier), "rerun", str(generated["id"]), "--json", *data],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rerun = json.loads(again.stdout)
     assert rerun["parent_id"] == generated["id"]
@@ -34,7 +38,24 @@ def test_generate_then_rerun_reports_identical(tmp_path):
 
 def test_gallery_list_shows_what_generate_made(tmp_path, capsys):
     data = ["--data", str(tmp_path)]
-    assert main(["generate", "--prompt", "a green triangle", "--seed", "1", "--steps", "2", "--batch-size", "2", "--json", *data]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "a green triangle",
+                "--seed",
+                "1",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--json",
+                *data,
+            ]
+        )
+        == 0
+    )
     made = json.loads(capsys.readouterr().out)
     assert [i["seed"] for i in made["images"]] == [1, 2]
     assert main(["gallery", "list", "--json", *data]) == 0
@@ -55,13 +76,34 @@ def test_rerun_of_a_missing_record_says_so(tmp_path, capsys):
 
 def test_generate_with_a_lora_a_variation_and_a_bad_lora_weight(tmp_path, capsys):
     from pipelines.engine import Engine
+
     from .conftest import save_lora
 
     data = ["--data", str(tmp_path)]
     (tmp_path / "loras").mkdir()
     save_lora(tmp_path / "loras" / "brand.safetensors", Engine().load("embedded").base, seed=2)
-    assert main(["generate", "--prompt", "a red circle", "--seed", "4", "--steps", "3", "--lora", "brand:0.6",
-                 "--variation-seed", "9", "--variation-strength", "0.2", "--json", *data]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "a red circle",
+                "--seed",
+                "4",
+                "--steps",
+                "3",
+                "--lora",
+                "brand:0.6",
+                "--variation-seed",
+                "9",
+                "--variation-strength",
+                "0.2",
+                "--json",
+                *data,
+            ]
+        )
+        == 0
+    )
     made = json.loads(capsys.readouterr().out)
     assert main(["gallery", "show", str(made["id"]), "--json", *data]) == 0
     params = json.loads(capsys.readouterr().out)["params"]
@@ -69,7 +111,8 @@ def test_generate_with_a_lora_a_variation_and_a_bad_lora_weight(tmp_path, capsys
 
     assert main(["generate", "--prompt", "x", "--lora", "brand:strong", *data]) == 2
     assert capsys.readouterr().err == (
-        "atelier: --lora must be NAME or NAME:WEIGHT with a number for the weight; got 'brand:strong'.\n")
+        "atelier: --lora must be NAME or NAME:WEIGHT with a number for the weight; got 'brand:strong'.\n"
+    )
     assert main(["generate", "--prompt", "x", "--refiner", str(tmp_path / "gone"), *data]) == 2
     assert "refiner" in capsys.readouterr().err
     assert main(["gallery", "list", "--json", *data]) == 0

@@ -29,7 +29,9 @@ def generation(gallery: Gallery, prompt: str, seed: int, *, batch_size: int = 1,
         )
     )  # fmt: skip
     colours = [(seed % 256, i * 40, 9) for i in range(batch_size)]
-    images = [ImageInput("output", Image.new("RGB", (64, 64), colour), seed=seed + i) for i, colour in enumerate(colours)]
+    images = [
+        ImageInput("output", Image.new("RGB", (64, 64), colour), seed=seed + i) for i, colour in enumerate(colours)
+    ]
     return gallery.finish(started.id, images=images, environment={"device": "cpu"}, timings={}, duration_ms=100)
 
 

@@ -33,8 +33,6 @@ from .conftest import free_port, wait_until
 ATELIER = Path(sys.executable).with_name("atelier")
 
 
-
-
 def files_under(data: Path, *folders: str) -> list[str]:
     found = (p for folder in folders for p in (data / folder).rglob("*") if p.is_file())
     return sorted(p.relative_to(data).as_posix() for p in found)
@@ -51,10 +49,19 @@ def rows(data: Path, query: str) -> list[tuple]:
 
 def serve(data: Path, port: int) -> subprocess.Popen:
     """`atelier serve` in its own process, with a two-second lease; returns once the page answers."""
-    env = {**os.environ, "ATELIER_LEASE_SECONDS": "2", "ATELIER_USER": "ada", "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([str(ATELIER), "serve", "--data", str(data), "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "ATELIER_LEASE_SECONDS": "2",
+        "ATELIER_USER": "ada",
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    server = subprocess.Popen(
+        [str(ATELIER), "serve", "--data", str(data), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def answers() -> bool:
         assert server.poll() is None, f"atelier serve exited with {server.returncode}"
@@ -87,8 +94,7 @@ def test_kill_9_in_the_middle_of_a_generation_then_restart(tmp_path: Path, serve
     servers.append(serve(data, port))
     client = Client(url, verbose=False)
     # A slow run (256 x 256 on the embedded model: about a second a step here) and one queued behind it.
-    slow = client.submit("a red circle on a blue background", "", "Euler", 60, 5.0, 256, 256, 7, 1,
-                         api_name="/txt2img")
+    slow = client.submit("a red circle on a blue background", "", "Euler", 60, 5.0, 256, 256, 7, 1, api_name="/txt2img")
     Client(url, verbose=False).submit("a blue square", "", "Euler", 3, 5.0, 64, 64, 8, 1, api_name="/txt2img")
 
     def denoising() -> bool:
@@ -214,8 +220,10 @@ def test_a_full_or_read_only_data_folder_is_a_clear_message_and_nothing_half_wri
     data = studio.settings.data_dir
     # Tests run as root, where a read-only folder still takes writes: the write itself fails instead.
     monkeypatch.setattr(storage.files, "open", FullDisk(code), raising=False)
-    message = (f"Could not store the images: the data folder {reason} ({os.strerror(code)}); nothing was kept. "
-               "Free some space or fix the folder's permissions, then run it again.")
+    message = (
+        f"Could not store the images: the data folder {reason} ({os.strerror(code)}); nothing was kept. "
+        "Free some space or fix the folder's permissions, then run it again."
+    )
 
     with pytest.raises(AppError) as refused:
         generate(client, "a red circle on a blue background")

@@ -31,8 +31,12 @@ IMG2IMG = ["Euler", 4, 5.0, 7, 1, 0, 0]  # sampler, steps, guidance, seed, batch
 def written(studio) -> tuple[int, set[str]]:
     """Rows and files (images, thumbnails, pending) in the data folder."""
     root = studio.settings.data_dir
-    files = {str(p.relative_to(root)) for folder in ("images", "thumbs", "pending")
-             for p in (root / folder).rglob("*") if p.is_file()}
+    files = {
+        str(p.relative_to(root))
+        for folder in ("images", "thumbs", "pending")
+        for p in (root / folder).rglob("*")
+        if p.is_file()
+    }
     return studio.gallery.count(), files
 
 
@@ -217,8 +221,9 @@ def stored_input(studio, record) -> tuple[bytes, Image.Image]:
 
 
 def send(client: Client, path: Path):
-    return client.predict(handle_file(str(path)), "a red square on a blue background", "", 0.5, "fit", *IMG2IMG,
-                          api_name="/img2img")
+    return client.predict(
+        handle_file(str(path)), "a red square on a blue background", "", 0.5, "fit", *IMG2IMG, api_name="/img2img"
+    )
 
 
 @pytest.mark.parametrize(

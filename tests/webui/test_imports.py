@@ -161,14 +161,22 @@ def test_a1111_variation_seed_and_a_refiner_round_trip_through_our_parameters_te
     from storage.pngmeta import a1111_parameters
 
     (tmp_path / "model_index.json").write_text("{}")
-    made = Text2ImgRequest(prompt="a cat", seed=10, batch_size=2, variation_seed=40, variation_strength=0.25,
-                           refiner=str(tmp_path), refiner_switch=0.7)
+    made = Text2ImgRequest(
+        prompt="a cat",
+        seed=10,
+        batch_size=2,
+        variation_seed=40,
+        variation_strength=0.25,
+        refiner=str(tmp_path),
+        refiner_switch=0.7,
+    )
     second = import_chunks({"parameters": a1111_parameters(made.to_dict(), seed=11)}).request  # image 1 of the batch
     assert (second.seed, second.variation_seed, second.variation_strength) == (11, 41, 0.25)
     assert (second.refiner, second.refiner_switch) == (str(tmp_path), 0.7)
     # A1111 names its refiner by checkpoint title: not a source we can load, so it is listed, not guessed.
-    foreign = import_chunks({"parameters": "a cat\nSteps: 20, Seed: 3, Refiner: sd_xl_refiner_1.0 [7440042bbd], "
-                                            "Refiner switch at: 0.8"})
+    foreign = import_chunks(
+        {"parameters": "a cat\nSteps: 20, Seed: 3, Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8"}
+    )
     assert foreign.request.refiner is None
     assert foreign.unmapped["Refiner"] == "sd_xl_refiner_1.0 [7440042bbd]"
 
@@ -293,8 +301,16 @@ def test_comfyui_values_we_cannot_use_are_listed() -> None:
 
 def test_comfyui_two_pass_graph_reads_the_first_pass_and_lists_the_second() -> None:
     graph = comfy_graph(seed=7)
-    graph["11"] = {"class_type": "LatentUpscale", "inputs": {"upscale_method": "nearest-exact", "width": 1024,
-                                                             "height": 1280, "crop": "disabled", "samples": ["3", 0]}}
+    graph["11"] = {
+        "class_type": "LatentUpscale",
+        "inputs": {
+            "upscale_method": "nearest-exact",
+            "width": 1024,
+            "height": 1280,
+            "crop": "disabled",
+            "samples": ["3", 0],
+        },
+    }
     graph["12"] = {
         "class_type": "KSamplerAdvanced",
         "inputs": {"add_noise": "enable", "noise_seed": 8, "steps": 10, "cfg": 8, "sampler_name": "euler",

@@ -35,8 +35,6 @@ _spec.loader.exec_module(load)
 HOLDER = ("holder", "the holder's password")
 
 
-
-
 class Held:
     """A launched studio whose GPU is held by one run until `release`, counting the requests that reach the queue."""
 
@@ -74,8 +72,9 @@ class Held:
     def simulate(self, users: dict[str, str], requests: int) -> list:
         """Every user sends all its requests at once; the GPU is let go once each one is queued or refused."""
         ended: list = []
-        thread = threading.Thread(target=lambda: ended.extend(load.simulate(self.url, users, requests, steps=3,
-                                                                            burst=True)))
+        thread = threading.Thread(
+            target=lambda: ended.extend(load.simulate(self.url, users, requests, steps=3, burst=True))
+        )
         thread.start()
         wait_until(lambda: self.asked == len(users) * requests, what="every request to reach the queue")
         self.released.set()
@@ -112,7 +111,7 @@ def test_four_users_at_once_get_their_own_results_in_turns(held: Held, users: di
     # Round robin: the queue held all twelve at once, and each round of four starts gave every user one turn.
     records = sorted((held.studio.gallery.get(o.record_id) for o in outcomes), key=lambda r: r.started_at)
     order = [record.user for record in records]
-    rounds = [order[start:start + 4] for start in (0, 4, 8)]
+    rounds = [order[start : start + 4] for start in (0, 4, 8)]
     assert sorted(rounds[0]) == sorted(users)
     assert rounds[0] == rounds[1] == rounds[2]
     figures = load.figures(held.studio.gallery, outcomes, wall_seconds=1.0)

@@ -14,11 +14,15 @@ def test_without_a_list_the_embedded_model_and_the_started_one(tmp_path):
 
 
 def test_entries_take_their_family_defaults_and_their_own_settings(tmp_path):
-    (tmp_path / "models.json").write_text(json.dumps([
-        {"name": "SD 1.5", "source": "stable-diffusion-v1-5/stable-diffusion-v1-5", "num_inference_steps": 30},
-        {"name": "Juggernaut XL", "source": "/models/juggernautXL.safetensors"},
-        {"name": "FLUX dev", "source": "org/FLUX.1-dev"},
-    ]))
+    (tmp_path / "models.json").write_text(
+        json.dumps(
+            [
+                {"name": "SD 1.5", "source": "stable-diffusion-v1-5/stable-diffusion-v1-5", "num_inference_steps": 30},
+                {"name": "Juggernaut XL", "source": "/models/juggernautXL.safetensors"},
+                {"name": "FLUX dev", "source": "org/FLUX.1-dev"},
+            ]
+        )
+    )
     models = load_models(tmp_path)
     sd, xl, flux = models[1:]
     assert (sd.family, sd.num_inference_steps, sd.width) == ("sd", 30, 512)
@@ -60,15 +64,45 @@ def test_pick_a_model_in_the_page_then_generate_with_it_and_rerun_after_it_is_go
     shutil.copytree(tiny_sd_folder, copy)
     data = tmp_path / "data"
     data.mkdir()
-    (data / "models.json").write_text(json.dumps([{"name": "Tiny SD", "source": str(copy), "family": "sd",
-                                                  "width": 64, "height": 64, "num_inference_steps": 2}]))
+    (data / "models.json").write_text(
+        json.dumps(
+            [
+                {
+                    "name": "Tiny SD",
+                    "source": str(copy),
+                    "family": "sd",
+                    "width": 64,
+                    "height": 64,
+                    "num_inference_steps": 2,
+                }
+            ]
+        )
+    )
     settings = Settings(data_dir=data, user="ada", port=free_port())
     with serving(settings) as (studio, url):
         client = Client(url, verbose=False)
         note, sampler, steps, guidance, width, height, negative = client.predict("Tiny SD", api_name="/pick_model")
         assert "**Tiny SD** loaded (sd" in note and (steps, width, height) == (2, 64, 64)
-        _, _, details = client.predict("a red square", "", sampler, steps, guidance, width, height, 7, 1, 1, -1, 0.1,
-                                       [], "", None, 0.6, "Tiny SD", api_name="/txt2img")
+        _, _, details = client.predict(
+            "a red square",
+            "",
+            sampler,
+            steps,
+            guidance,
+            width,
+            height,
+            7,
+            1,
+            1,
+            -1,
+            0.1,
+            [],
+            "",
+            None,
+            0.6,
+            "Tiny SD",
+            api_name="/txt2img",
+        )
         record = studio.gallery.get(details["id"])
         assert record.model == str(copy) and record.model_revision == studio.engine.load(str(copy)).revision
     # The weights are deleted; a fresh studio's rerun says so and writes nothing.
@@ -97,10 +131,14 @@ def test_the_page_hides_what_the_picked_model_cannot_use(tmp_path, page, tiny_sd
 
     data = tmp_path / "data"
     data.mkdir()
-    (data / "models.json").write_text(json.dumps([
-        {"name": "Tiny XL", "source": str(tiny_sdxl_folder), "family": "sdxl", "width": 64, "height": 64},
-        {"name": "Tiny FLUX", "source": str(tiny_flux_folder), "family": "flux", "width": 64, "height": 64},
-    ]))
+    (data / "models.json").write_text(
+        json.dumps(
+            [
+                {"name": "Tiny XL", "source": str(tiny_sdxl_folder), "family": "sdxl", "width": 64, "height": 64},
+                {"name": "Tiny FLUX", "source": str(tiny_flux_folder), "family": "flux", "width": 64, "height": 64},
+            ]
+        )
+    )
     with serving(Settings(data_dir=data, user="ada", port=free_port())) as (_, url):
         page.goto(url)
         refiner = page.get_by_text("SDXL refiner", exact=True)

@@ -40,8 +40,10 @@ def raw_get(url: str, path: str) -> tuple[int, bytes]:
 def gallery(launched):
     """One record, plus the kinds of private file a data folder holds next to the images."""
     studio, url = launched
-    record = studio.submit(Text2ImgRequest(prompt="a red circle on a blue background", seed=1, width=64, height=64,
-                                           num_inference_steps=2), user="ada")
+    record = studio.submit(
+        Text2ImgRequest(prompt="a red circle on a blue background", seed=1, width=64, height=64, num_inference_steps=2),
+        user="ada",
+    )
     data = studio.settings.data_dir.resolve()
     (data / "loras").mkdir(exist_ok=True)
     (data / "loras" / "private.safetensors").write_bytes(b"PRIVATE-LORA-WEIGHTS")

@@ -34,8 +34,6 @@ from .conftest import free_port, wait_until
 PASSWORDS = {"ann": "ann's password", "bob": "bob's password", "root": "root's password"}
 
 
-
-
 class Gate:
     """Holds each run whose prompt starts with "hold" before its first step, until released or cancelled."""
 
@@ -96,8 +94,13 @@ def test_lease_and_queue_limit_come_from_the_environment(tmp_path: Path) -> None
 
 def test_a_queued_image_task_runs_on_a_worker_and_keeps_its_input_once(studio: Studio) -> None:
     photo = Image.new("RGB", (64, 64), (200, 30, 30))
-    request = Img2ImgRequest(prompt="a red circle on a blue background", image=ImageRef.of(photo), strength=0.6,
-                             num_inference_steps=4, seed=5)
+    request = Img2ImgRequest(
+        prompt="a red circle on a blue background",
+        image=ImageRef.of(photo),
+        strength=0.6,
+        num_inference_steps=4,
+        seed=5,
+    )
     ticket = studio.workers.enqueue(request, user="ada")
     # The input is in the record from the moment it is queued: a worker in any process can read it.
     queued = studio.gallery.get(ticket.generation_id)
@@ -260,8 +263,10 @@ def server(served: Served) -> Iterator[Served]:
     yield served
     # Whatever a test left held runs out, so the next test starts with an idle GPU.
     served.gate.released.set()
-    wait_until(lambda: served.studio.gallery.count(status="queued") + served.studio.gallery.count(status="running") == 0,
-               what="the queue to empty")
+    wait_until(
+        lambda: served.studio.gallery.count(status="queued") + served.studio.gallery.count(status="running") == 0,
+        what="the queue to empty",
+    )
 
 
 class Watch:
@@ -340,8 +345,9 @@ def test_a_full_queue_is_one_clear_message_and_writes_nothing(server: Served) ->
     ann, bob = server.client("ann"), server.client("bob")
     held = ann.submit("hold a red circle", "", "Euler", 2, 5.0, 64, 64, 1, 1, api_name="/txt2img")
     assert server.gate.holding.wait(60)
-    waiting = [bob.submit(f"a blue square {n}", "", "Euler", 2, 5.0, 64, 64, n, 1, api_name="/txt2img")
-               for n in range(3)]
+    waiting = [
+        bob.submit(f"a blue square {n}", "", "Euler", 2, 5.0, 64, 64, n, 1, api_name="/txt2img") for n in range(3)
+    ]
     wait_until(lambda: gallery.count(status="queued") == 3, what="three queued jobs")
     before = gallery.count()
 

@@ -24,8 +24,9 @@ def _send(studio: Studio, user: str, seed: int) -> bool:
 
 
 def test_twenty_users_sending_ten_each_at_once_are_all_queued(tmp_path) -> None:
-    studio = Studio.from_settings(Settings(data_dir=tmp_path / "data", user="ada", queue_limit=200,
-                                           queue_limit_per_user=10))
+    studio = Studio.from_settings(
+        Settings(data_dir=tmp_path / "data", user="ada", queue_limit=200, queue_limit_per_user=10)
+    )
     try:
         with ThreadPoolExecutor(8) as pool:
             sent = list(pool.map(lambda n: _send(studio, f"user{n % 20}", n), range(200)))
@@ -40,8 +41,11 @@ def test_one_user_cannot_fill_the_queue_for_all(tmp_path) -> None:
     try:
         sent = [_send(studio, "greedy", n) for n in range(150)]
         assert sum(sent) == 10 and all(sent[:10])
-        with pytest.raises(QueueFull, match=r"^You have 10 jobs waiting, the most one person may queue; try again "
-                                            r"when one has run\.$"):
+        with pytest.raises(
+            QueueFull,
+            match=r"^You have 10 jobs waiting, the most one person may queue; try again "
+            r"when one has run\.$",
+        ):
             studio.enqueue(_request(999), user="greedy")
         assert studio.gallery.count(status="queued") == 10
         assert _send(studio, "other", 1)  # everyone else still gets in
@@ -49,12 +53,19 @@ def test_one_user_cannot_fill_the_queue_for_all(tmp_path) -> None:
         studio.close()
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), [
-    ("ATELIER_QUEUE_LIMIT_PER_USER", "0", "ATELIER_QUEUE_LIMIT_PER_USER must be at least 1; got 0."),
-    ("ATELIER_EXECUTOR", "gpu", "ATELIER_EXECUTOR must be local or ray; got 'gpu'."),
-    ("ATELIER_RAY_ADDRESS", "head", "ATELIER_RAY_ADDRESS must be HOST:PORT with a port from 1 to 65535; got 'head'."),
-    ("ATELIER_RAY_MAX_REPLICAS", "-1", "ATELIER_RAY_MAX_REPLICAS must be 0 (one per GPU) or more; got -1."),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ATELIER_QUEUE_LIMIT_PER_USER", "0", "ATELIER_QUEUE_LIMIT_PER_USER must be at least 1; got 0."),
+        ("ATELIER_EXECUTOR", "gpu", "ATELIER_EXECUTOR must be local or ray; got 'gpu'."),
+        (
+            "ATELIER_RAY_ADDRESS",
+            "head",
+            "ATELIER_RAY_ADDRESS must be HOST:PORT with a port from 1 to 65535; got 'head'.",
+        ),
+        ("ATELIER_RAY_MAX_REPLICAS", "-1", "ATELIER_RAY_MAX_REPLICAS must be 0 (one per GPU) or more; got -1."),
+    ],
+)
 def test_pool_and_limit_settings_are_checked(variable, value, message) -> None:
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({variable: value}, env_file=None)

@@ -25,15 +25,29 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def _request(seed: int, *, steps: int = 4, size: int = 64) -> Text2ImgRequest:
-    return Text2ImgRequest(prompt=f"a red cube {seed}", seed=seed, model="embedded", width=size, height=size,
-                           num_inference_steps=steps, guidance_scale=5.0, sampler="Euler")
+    return Text2ImgRequest(
+        prompt=f"a red cube {seed}",
+        seed=seed,
+        model="embedded",
+        width=size,
+        height=size,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        sampler="Euler",
+    )
 
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster_port) -> RayExecutor:
     """One pool for the module (deploying replicas takes seconds); it connects on first use."""
-    executor = RayExecutor(address=f"127.0.0.1:{ray_cluster_port}", min_replicas=2, max_replicas=2, threads=1,
-                           retry_seconds=0.5, engine_options={"device": "cpu"})
+    executor = RayExecutor(
+        address=f"127.0.0.1:{ray_cluster_port}",
+        min_replicas=2,
+        max_replicas=2,
+        threads=1,
+        retry_seconds=0.5,
+        engine_options={"device": "cpu"},
+    )
     yield executor
     executor.close()
 
@@ -73,8 +87,7 @@ def test_jobs_from_two_users_land_exactly_once_in_fair_order(tmp_path, pool, ray
         queued += [studio.enqueue(_request(20 + n), user="bob") for n in range(2)]
         studio.workers.start()
         ids = [record.id for record in queued]
-        wait_until(lambda: all(studio.gallery.get(i).status == "succeeded" for i in ids), what="five jobs",
-                   timeout=300)
+        wait_until(lambda: all(studio.gallery.get(i).status == "succeeded" for i in ids), what="five jobs", timeout=300)
         records = [studio.gallery.get(i) for i in ids]
         assert studio.gallery.count() == 5
         assert all(len(record.outputs) == 1 for record in records)
@@ -100,8 +113,9 @@ def test_cancel_reaches_a_job_running_on_a_replica(tmp_path, pool, ray_cluster):
         assert studio.gallery.get(ticket.generation_id).status == "cancelled"
         # The replica stopped too: both replicas take new jobs at once, long before 150 steps at 256x256 could end.
         again = [studio.enqueue(_request(40 + n), user="ada") for n in range(2)]
-        wait_until(lambda: all(studio.gallery.get(r.id).status == "succeeded" for r in again), what="two jobs",
-                   timeout=60)
+        wait_until(
+            lambda: all(studio.gallery.get(r.id).status == "succeeded" for r in again), what="two jobs", timeout=60
+        )
         assert len({studio.gallery.get(r.id).environment["replica"] for r in again}) == 2
         assert time.monotonic() - began < 60
     finally:
@@ -131,8 +145,9 @@ def test_a_replica_killed_mid_job_leaves_one_interrupted_row_and_loses_none(tmp_
         ended = studio.gallery.get(ticket.generation_id)
         assert ended.status == "interrupted"
         assert "GPU worker" in ended.error
-        wait_until(lambda: all(studio.gallery.get(r.id).status == "succeeded" for r in others), what="the others",
-                   timeout=300)
+        wait_until(
+            lambda: all(studio.gallery.get(r.id).status == "succeeded" for r in others), what="the others", timeout=300
+        )
         # No duplicate and no lost row: exactly the four jobs, each once.
         assert studio.gallery.count() == 4
         assert not ended.outputs

@@ -13,7 +13,13 @@ from storage.pngmeta import read_png_metadata
 
 
 def request(**changes):
-    fields = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 21}
+    fields = {
+        "prompt": "a red circle on a blue background",
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 4,
+        "seed": 21,
+    }
     return Text2ImgRequest(**{**fields, **changes})
 
 
@@ -24,7 +30,11 @@ def test_submit_keeps_the_exact_request_and_its_images(studio):
     assert stored.status == "succeeded"
     assert stored.params == submitted.to_dict()
     assert (stored.user, stored.task, stored.model, stored.prompt, stored.seed) == (
-        "ada", "txt2img", "embedded", submitted.prompt, 21,
+        "ada",
+        "txt2img",
+        "embedded",
+        submitted.prompt,
+        21,
     )
     assert [image.seed for image in stored.outputs] == [21, 22]
     assert stored.environment["device"] == "cpu" and stored.environment["torch"]

@@ -17,9 +17,16 @@ def test_weighted_prompt_lora_and_variation_rerun_identically(tmp_path):
     try:
         save_lora(tmp_path / "loras" / "brand.safetensors", studio.engine.load("embedded").base, seed=5)
         request = Text2ImgRequest(
-            prompt="a (red:1.3) circle on a [blue] background", negative_prompt="(black:1.2)", seed=12,
-            width=64, height=64, num_inference_steps=20, guidance_scale=5.0,
-            loras=(("brand", 0.8),), variation_seed=99, variation_strength=0.2,
+            prompt="a (red:1.3) circle on a [blue] background",
+            negative_prompt="(black:1.2)",
+            seed=12,
+            width=64,
+            height=64,
+            num_inference_steps=20,
+            guidance_scale=5.0,
+            loras=(("brand", 0.8),),
+            variation_seed=99,
+            variation_strength=0.2,
         )
         record = studio.submit(request, user="ada")
         assert record.status == "succeeded"
@@ -58,15 +65,47 @@ def test_a_lora_and_a_weighted_prompt_over_the_api(launched):
     save_lora(folder / "poster.safetensors", studio.engine.load("embedded").base, seed=8)
     client = Client(url, verbose=False)
     _, summary, details = client.predict(
-        "a (yellow:1.2) circle on a black background", "", "DPM++ 2M", 20, 5.0, 64, 64, 3, 1, 1, -1, 0.1,
-        ["poster"], "0.7", None, 0.6, api_name="/txt2img",
+        "a (yellow:1.2) circle on a black background",
+        "",
+        "DPM++ 2M",
+        20,
+        5.0,
+        64,
+        64,
+        3,
+        1,
+        1,
+        -1,
+        0.1,
+        ["poster"],
+        "0.7",
+        None,
+        0.6,
+        api_name="/txt2img",
     )
     record = studio.gallery.get(details["id"])
     assert record.params["loras"] == [["poster", 0.7]] and record.environment["loras"][0]["name"] == "poster"
     assert record.prompt == "a (yellow:1.2) circle on a black background"
     try:
-        client.predict("a circle", "", "DPM++ 2M", 20, 5.0, 64, 64, 3, 1, 1, -1, 0.1, ["poster"], "0.7, 0.2",
-                       None, 0.6, api_name="/txt2img")
+        client.predict(
+            "a circle",
+            "",
+            "DPM++ 2M",
+            20,
+            5.0,
+            64,
+            64,
+            3,
+            1,
+            1,
+            -1,
+            0.1,
+            ["poster"],
+            "0.7, 0.2",
+            None,
+            0.6,
+            api_name="/txt2img",
+        )
     except Exception as error:
         assert "LoRA weights must be one per picked LoRA" in str(error)
     else:
@@ -96,22 +135,57 @@ def test_the_image_tabs_take_loras_a_reference_and_variations_over_the_api(launc
         return record, [image.sha256 for image in record.outputs]
 
     plain, plain_hashes = outputs(client.predict(*img2img, api_name="/img2img")[2])
-    styled, styled_hashes = outputs(client.predict(*img2img, lora_names=["label"], lora_weights="0.9",
-                                                   api_name="/img2img")[2])
+    styled, styled_hashes = outputs(
+        client.predict(*img2img, lora_names=["label"], lora_weights="0.9", api_name="/img2img")[2]
+    )
     assert plain.params["loras"] == [] and styled.params["loras"] == [["label", 0.9]]
     assert styled.environment["loras"][0]["name"] == "label"
     assert styled_hashes != plain_hashes  # the LoRA steered the picture
     assert studio.rerun(styled.id, user="ada").identical
 
     editor = {"background": None, "layers": [], "composite": None}
-    inpainted, _ = outputs(client.predict(photo, editor, "auto", "a red square on a green background", "", 0, 4, 0, 1.0,
-                                          *settings, lora_names=["label"], lora_weights="0.5", api_name="/inpaint")[2])
+    inpainted, _ = outputs(
+        client.predict(
+            photo,
+            editor,
+            "auto",
+            "a red square on a green background",
+            "",
+            0,
+            4,
+            0,
+            1.0,
+            *settings,
+            lora_names=["label"],
+            lora_weights="0.5",
+            api_name="/inpaint",
+        )[2]
+    )
     assert inpainted.params["loras"] == [["label", 0.5]]
 
-    control = ["canny", 100, 200, "embedded-canny", 1.0, 0.0, 1.0, None, "canny", "embedded-canny", 1.0, None, None,
-               0.75, "fit", "a red circle on a blue background", "", *settings]
-    varied, _ = outputs(client.predict(photo, *control, variation_seed=40, variation_strength=0.2,
-                                       api_name="/controlnet")[2])
+    control = [
+        "canny",
+        100,
+        200,
+        "embedded-canny",
+        1.0,
+        0.0,
+        1.0,
+        None,
+        "canny",
+        "embedded-canny",
+        1.0,
+        None,
+        None,
+        0.75,
+        "fit",
+        "a red circle on a blue background",
+        "",
+        *settings,
+    ]
+    varied, _ = outputs(
+        client.predict(photo, *control, variation_seed=40, variation_strength=0.2, api_name="/controlnet")[2]
+    )
     assert (varied.params["variation_seed"], varied.params["variation_strength"]) == (40, 0.2)
     assert studio.rerun(varied.id, user="ada").identical
 
@@ -134,8 +208,21 @@ def test_an_image_tab_shows_the_picture_forming(launched, tmp_path):
     path = tmp_path / "start.png"
     Image.new("RGB", (64, 64), (200, 40, 40)).save(path)
     client = Client(url, verbose=False)
-    job = client.submit(handle_file(str(path)), "a white square on a green background", "", 1.0, "fit",
-                        "Euler", 60, 5.0, 5, 1, 0, 0, api_name="/img2img")
+    job = client.submit(
+        handle_file(str(path)),
+        "a white square on a green background",
+        "",
+        1.0,
+        "fit",
+        "Euler",
+        60,
+        5.0,
+        5,
+        1,
+        0,
+        0,
+        api_name="/img2img",
+    )
     final = job.result()
     forming = [output for output in job.outputs()[:-1] if "Forming" in str(output[1])]
     assert forming, "no preview was shown while the image formed"
@@ -154,12 +241,16 @@ def test_what_a_run_would_refuse_is_refused_before_it_is_queued(tmp_path):
     reference = ImageRef.of(Image.new("RGB", (64, 64), "red"))
     refused = [
         (Text2ImgRequest(prompt="a (red:-1) circle on a blue background"), "prompt weights must be 0 or more"),
-        (Text2ImgRequest(prompt="a red circle", negative_prompt="(blue:-0.5) background"),
-         "negative_prompt weights must be 0 or more"),
+        (
+            Text2ImgRequest(prompt="a red circle", negative_prompt="(blue:-0.5) background"),
+            "negative_prompt weights must be 0 or more",
+        ),
         (Text2ImgRequest(prompt="a red circle", loras=(("missing", 1.0),)), "missing"),
         (Text2ImgRequest(prompt="a red circle", ip_adapter_image=reference), "IP-Adapter weights"),
-        (Text2ImgRequest(prompt="a cat", negative_prompt="blurry", model="org/some-flux-model"),
-         "negative_prompt does not apply to FLUX"),
+        (
+            Text2ImgRequest(prompt="a cat", negative_prompt="blurry", model="org/some-flux-model"),
+            "negative_prompt does not apply to FLUX",
+        ),
     ]
     try:
         for request, words in refused:
@@ -178,7 +269,8 @@ def test_what_a_run_would_refuse_is_refused_before_it_is_queued(tmp_path):
 
 
 def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gone(
-        tmp_path, tiny_sdxl_folder, tiny_sdxl_refiner_folder):
+    tmp_path, tiny_sdxl_folder, tiny_sdxl_refiner_folder
+):
     import shutil
 
     from gradio_client import Client
@@ -192,7 +284,17 @@ def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gon
     with serving(settings) as (studio, url):
         client = Client(url, verbose=False)
         _, summary, details = client.predict(
-            "a (red:1.2) circle", "", "Euler", 6, 5.0, 64, 64, 3, 1, refiner=str(refiner), refiner_switch=0.6,
+            "a (red:1.2) circle",
+            "",
+            "Euler",
+            6,
+            5.0,
+            64,
+            64,
+            3,
+            1,
+            refiner=str(refiner),
+            refiner_switch=0.6,
             api_name="/txt2img",
         )
         record = studio.gallery.get(details["id"])
@@ -202,8 +304,28 @@ def test_an_sdxl_refiner_over_the_api_reruns_identically_and_says_when_it_is_gon
         # An SD model with a refiner: one sentence before anything is queued.
         before = studio.gallery.count()
         try:
-            client.predict("a cat", "", "Euler", 6, 5.0, 64, 64, 3, 1, 1, -1, 0.1, [], "", None, 0.6, "embedded",
-                           str(refiner), 0.6, api_name="/txt2img")
+            client.predict(
+                "a cat",
+                "",
+                "Euler",
+                6,
+                5.0,
+                64,
+                64,
+                3,
+                1,
+                1,
+                -1,
+                0.1,
+                [],
+                "",
+                None,
+                0.6,
+                "embedded",
+                str(refiner),
+                0.6,
+                api_name="/txt2img",
+            )
         except Exception as error:
             assert "refiner applies to SDXL models" in str(error)
         else:

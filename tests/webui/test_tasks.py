@@ -48,8 +48,19 @@ def test_each_task_keeps_its_inputs_and_reruns_identically(studio):
     mask = Image.fromarray(np.where(kept_pixels(photo, "blue"), 0, 255).astype(np.uint8))
     requests = [
         Img2ImgRequest(prompt="a red square on a white background", image=ImageRef.of(photo), seed=1, **SETTINGS),
-        InpaintRequest(prompt="a red square on a green background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), seed=2, **SETTINGS),
-        ControlNetRequest(prompt="a yellow circle on a black background", controls=(ControlUnit(image=ImageRef.of(photo)),), seed=3, **SETTINGS),
+        InpaintRequest(
+            prompt="a red square on a green background",
+            image=ImageRef.of(photo),
+            mask_image=ImageRef.of(mask),
+            seed=2,
+            **SETTINGS,
+        ),
+        ControlNetRequest(
+            prompt="a yellow circle on a black background",
+            controls=(ControlUnit(image=ImageRef.of(photo)),),
+            seed=3,
+            **SETTINGS,
+        ),
     ]
     roles = {"img2img": ["input"], "inpaint": ["input", "mask"], "controlnet": ["control_source", "control"]}
     for request in requests:
@@ -68,7 +79,13 @@ def test_a_rerun_with_one_thing_changed(studio):
     photo = drawn("circle", "white", "black")
     mask = Image.fromarray(np.where(kept_pixels(photo, "black"), 0, 255).astype(np.uint8))
     record = studio.submit(
-        InpaintRequest(prompt="a white circle on a red background", image=ImageRef.of(photo), mask_image=ImageRef.of(mask), seed=4, **SETTINGS),
+        InpaintRequest(
+            prompt="a white circle on a red background",
+            image=ImageRef.of(photo),
+            mask_image=ImageRef.of(mask),
+            seed=4,
+            **SETTINGS,
+        ),
         user="ada",
     )
     outcome = studio.rerun(record.id, user="ada", prompt="a white circle on a yellow background")
@@ -81,8 +98,12 @@ def test_a_rerun_with_one_thing_changed(studio):
 def test_a_campaign_is_one_record_with_one_image_per_prompt(studio):
     photo = drawn("triangle", "yellow", "purple")
     request = build_request(
-        "inpaint", prompt="a yellow triangle on a blue background\na yellow triangle on a green background\na yellow triangle on a black background",
-        model="embedded", image=photo, seed=8, **SETTINGS,
+        "inpaint",
+        prompt="a yellow triangle on a blue background\na yellow triangle on a green background\na yellow triangle on a black background",
+        model="embedded",
+        image=photo,
+        seed=8,
+        **SETTINGS,
     )
     assert request.mask_source == "grabcut"  # no mask given: the product is found
     record = studio.submit(request, user="ada")
@@ -92,7 +113,12 @@ def test_a_campaign_is_one_record_with_one_image_per_prompt(studio):
 
 def test_the_automatic_mask_keeps_the_product(studio):
     photo = drawn("circle", "orange", "white", half=0.3)
-    record = studio.submit(build_request("inpaint", prompt="an orange circle on a blue background", model="embedded", image=photo, seed=5, **SETTINGS), user="ada")
+    record = studio.submit(
+        build_request(
+            "inpaint", prompt="an orange circle on a blue background", model="embedded", image=photo, seed=5, **SETTINGS
+        ),
+        user="ada",
+    )
     [image] = stored(studio, record, "output")
     [mask] = stored(studio, record, "mask")
     product = np.asarray(mask) == 0
@@ -175,13 +201,26 @@ def test_img2img_inpaint_and_controlnet_over_the_api(launched, tmp_path):
     settings = ["DPM++ 2M", 20, 5.0, 7, 1, 0, 0]  # sampler, steps, guidance, seed, batch, width, height
 
     photo = png(drawn("square", "red", "blue"), tmp_path / "photo.png")
-    _, summary, details = client.predict(photo, "a red square on a white background", "", 0.8, "fit", *settings, api_name="/img2img")
+    _, summary, details = client.predict(
+        photo, "a red square on a white background", "", 0.8, "fit", *settings, api_name="/img2img"
+    )
     record = studio.gallery.get(details["id"])
     assert record.task == "img2img" and classify(stored(studio, record, "output")[0]).background == "white"
 
     empty_editor = {"background": None, "layers": [], "composite": None}
-    _, summary, details = client.predict(photo, empty_editor, "auto", "a red square on a green background\na red square on a yellow background",
-                                         "", 0, 4, 0, 1.0, *settings, api_name="/inpaint")
+    _, summary, details = client.predict(
+        photo,
+        empty_editor,
+        "auto",
+        "a red square on a green background\na red square on a yellow background",
+        "",
+        0,
+        4,
+        0,
+        1.0,
+        *settings,
+        api_name="/inpaint",
+    )
     record = studio.gallery.get(details["id"])
     assert [classify(i).background for i in stored(studio, record, "output")] == ["green", "yellow"]
     assert record.params["mask_source"] == "grabcut"
@@ -190,8 +229,26 @@ def test_img2img_inpaint_and_controlnet_over_the_api(launched, tmp_path):
     preview = client.predict(control, "canny", 100, 200, api_name="/control_preview")
     assert Image.open(preview).size == (64, 64)
     _, summary, details = client.predict(
-        control, "canny", 100, 200, "embedded-canny", 1.0, 0.0, 1.0, None, "canny", "embedded-canny", 1.0, None, None, 0.75,
-        "fit", "a red circle on a blue background", "", *settings, api_name="/controlnet",
+        control,
+        "canny",
+        100,
+        200,
+        "embedded-canny",
+        1.0,
+        0.0,
+        1.0,
+        None,
+        "canny",
+        "embedded-canny",
+        1.0,
+        None,
+        None,
+        0.75,
+        "fit",
+        "a red circle on a blue background",
+        "",
+        *settings,
+        api_name="/controlnet",
     )
     record = studio.gallery.get(details["id"])
     reading = classify(stored(studio, record, "output")[0])
@@ -220,13 +277,28 @@ def test_bad_uploads_over_the_api_write_nothing_and_the_server_stays_up(launched
         path.write_bytes(data)
     before_rows, before_files = studio.gallery.count(), files_in(studio)
     with pytest.raises(Exception) as caught:
-        client.predict(handle_file(str(path)), "a red square", "", 0.8, "fit", "DPM++ 2M", 4, 5.0, 1, 1, 0, 0, api_name="/img2img")
+        client.predict(
+            handle_file(str(path)), "a red square", "", 0.8, "fit", "DPM++ 2M", 4, 5.0, 1, 1, 0, 0, api_name="/img2img"
+        )
     assert "image" in str(caught.value)
     assert studio.gallery.count() == before_rows
     assert files_in(studio) == before_files
     # Still serving.
-    _, _, details = client.predict(png(drawn(), tmp_path / "ok.png"), "a red square on a blue background", "", 0.5, "fit",
-                                   "DPM++ 2M", 4, 5.0, 1, 1, 0, 0, api_name="/img2img")
+    _, _, details = client.predict(
+        png(drawn(), tmp_path / "ok.png"),
+        "a red square on a blue background",
+        "",
+        0.5,
+        "fit",
+        "DPM++ 2M",
+        4,
+        5.0,
+        1,
+        1,
+        0,
+        0,
+        api_name="/img2img",
+    )
     assert studio.gallery.get(details["id"]).status == "succeeded"
 
 
@@ -242,10 +314,15 @@ def test_batch_count_and_a_variation_seed_over_the_api(launched):
     assert all(r.params["variation_seed"] == 40 and r.params["variation_strength"] == 0.1 for r in made)
     assert len(images) == 4 and "2 batches" in summary
     # A variation is a near copy of its seed's image, not another picture.
-    plain = studio.submit(Text2ImgRequest(prompt="a red circle on a blue background", seed=30, width=64, height=64,
-                                          **SETTINGS), user="ada")
+    plain = studio.submit(
+        Text2ImgRequest(prompt="a red circle on a blue background", seed=30, width=64, height=64, **SETTINGS),
+        user="ada",
+    )
     near = np.asarray(Image.open(studio.gallery.path(made[0].outputs[0].path)), dtype=int)
-    assert classify(Image.open(studio.gallery.path(plain.outputs[0].path))).background == classify(near.astype(np.uint8)).background
+    assert (
+        classify(Image.open(studio.gallery.path(plain.outputs[0].path))).background
+        == classify(near.astype(np.uint8)).background
+    )
 
 
 def test_text_to_image_shows_the_picture_forming(launched):

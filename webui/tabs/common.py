@@ -66,8 +66,9 @@ def record_details(record, *, inputs: bool = False) -> dict[str, Any]:
         "images": [{"sha256": i.sha256, "seed": i.seed, "file": i.path} for i in record.outputs],
     }
     if inputs:
-        details["inputs"] = [{"role": i.role, "sha256": i.sha256, "file": i.path} for i in record.images
-                             if i.role != "output"]
+        details["inputs"] = [
+            {"role": i.role, "sha256": i.sha256, "file": i.path} for i in record.images if i.role != "output"
+        ]
     return details
 
 

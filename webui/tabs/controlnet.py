@@ -42,37 +42,76 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         except RequestError as error:
             raise gr.Error(str(error)) from None
 
-    def make(picture, name, low_value, high_value, net, scale_value, start_value, end_value, picture_2, name_2,
-             net_2, scale_2, init_picture, mask_picture, strength_value, mode, prompt_text, negative_text, *values,
-             model=model):
+    def make(
+        picture,
+        name,
+        low_value,
+        high_value,
+        net,
+        scale_value,
+        start_value,
+        end_value,
+        picture_2,
+        name_2,
+        net_2,
+        scale_2,
+        init_picture,
+        mask_picture,
+        strength_value,
+        mode,
+        prompt_text,
+        negative_text,
+        *values,
+        model=model,
+    ):
         first = build_request(
-            "controlnet", prompt=prompt_text, negative_prompt=negative_text, model=model,
-            control_images=[upload(picture, field="control_image")], controlnet=net, preprocessor=name,
-            preprocessor_params=preprocessor_params(name, low_value, high_value), conditioning_scale=float(scale_value),
-            guidance_start=float(start_value), guidance_end=float(end_value),
+            "controlnet",
+            prompt=prompt_text,
+            negative_prompt=negative_text,
+            model=model,
+            control_images=[upload(picture, field="control_image")],
+            controlnet=net,
+            preprocessor=name,
+            preprocessor_params=preprocessor_params(name, low_value, high_value),
+            conditioning_scale=float(scale_value),
+            guidance_start=float(start_value),
+            guidance_end=float(end_value),
             image=upload(init_picture, field="image", required=False),
             mask=None if mask_picture is None else upload(mask_picture, field="mask_image").convert("L"),
-            strength=float(strength_value), resize_mode=mode, **settings_fields(list(values)),
+            strength=float(strength_value),
+            resize_mode=mode,
+            **settings_fields(list(values)),
         )
         if picture_2 is None:
             return first
-        extra = ControlUnit(image=ImageRef.of(upload(picture_2, field="second control image")), controlnet=net_2,
-                            preprocessor=name_2, conditioning_scale=float(scale_2))
+        extra = ControlUnit(
+            image=ImageRef.of(upload(picture_2, field="second control image")),
+            controlnet=net_2,
+            preprocessor=name_2,
+            conditioning_scale=float(scale_2),
+        )
         return first.replace(controls=(*first.controls, extra))
 
     # -- layout -----------------------------------------------------------
 
     with gr.Row():
         with gr.Column(scale=5):
-            control = upload_image(label="Control image (edges, pose or depth are taken from it)",
-                                   sources=["upload", "clipboard"])
+            control = upload_image(
+                label="Control image (edges, pose or depth are taken from it)", sources=["upload", "clipboard"]
+            )
             with gr.Row():
-                preprocessor = gr.Dropdown(usable, value="canny", label="Preprocessor ('none': already a control image)")
+                preprocessor = gr.Dropdown(
+                    usable, value="canny", label="Preprocessor ('none': already a control image)"
+                )
                 low = gr.Slider(1, 255, value=100, step=1, label="Canny low threshold")
                 high = gr.Slider(1, 255, value=200, step=1, label="Canny high threshold")
             with gr.Row():
-                controlnet = gr.Dropdown(listed, value=default_controlnet(model), allow_custom_value=True,
-                                         label="ControlNet (or a folder, file or hub id)")
+                controlnet = gr.Dropdown(
+                    listed,
+                    value=default_controlnet(model),
+                    allow_custom_value=True,
+                    label="ControlNet (or a folder, file or hub id)",
+                )
                 scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
                 start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")
                 end = gr.Slider(0, 1, value=1.0, step=0.05, label="Guidance end")
@@ -80,8 +119,9 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 second = upload_image(label="Second control image", sources=["upload", "clipboard"])
                 with gr.Row():
                     second_preprocessor = gr.Dropdown(usable, value="canny", label="Preprocessor")
-                    second_controlnet = gr.Dropdown(listed, value=default_controlnet(model), allow_custom_value=True,
-                                                    label="ControlNet")
+                    second_controlnet = gr.Dropdown(
+                        listed, value=default_controlnet(model), allow_custom_value=True, label="ControlNet"
+                    )
                     second_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
             with gr.Accordion("Start from an image, or keep part of it", open=False):
                 init = upload_image(label="Init image (optional)", image_mode=None, sources=["upload", "clipboard"])
@@ -105,7 +145,26 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
     # -- events -----------------------------------------------------------
 
     preview_button.click(show, inputs=[control, preprocessor, low, high], outputs=preview, api_name="control_preview")
-    inputs = [control, preprocessor, low, high, controlnet, scale, start, end, second, second_preprocessor,
-              second_controlnet, second_scale, init, mask, strength, resize_mode, prompt, negative, *shared]
+    inputs = [
+        control,
+        preprocessor,
+        low,
+        high,
+        controlnet,
+        scale,
+        start,
+        end,
+        second,
+        second_preprocessor,
+        second_controlnet,
+        second_scale,
+        init,
+        mask,
+        strength,
+        resize_mode,
+        prompt,
+        negative,
+        *shared,
+    ]
     generated = runner.wire(outputs, inputs, make, "controlnet", styled)
     return TabHandles(generated=generated, negative_prompt=negative)

@@ -57,7 +57,8 @@ def describe(record: GenerationRecord, *, place: int | None = None) -> str:
     star = "⭐ " if record.starred else ""
     lines = [
         f"### {star}Record #{record.id}",
-        f"**{record.status}**" + (f" ({ordinal(place)} in line)" if place is not None else "")
+        f"**{record.status}**"
+        + (f" ({ordinal(place)} in line)" if place is not None else "")
         + f" · {record.task} · by {record.user} · {when} · {seconds:.2f} s",
         f"**Model** {_code(record.model)} · revision `{(record.model_revision or '')[:12]}`",
         f"**Seeds** {seeds}",
@@ -127,8 +128,9 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
             os.replace(private, path)
         return str(path)
 
-    def filters(text, scope, who, model, task, review, starred, tag, board, since, until, status,
-                request: gr.Request) -> dict[str, Any]:
+    def filters(
+        text, scope, who, model, task, review, starred, tag, board, since, until, status, request: gr.Request
+    ) -> dict[str, Any]:
         # An untouched textbox can arrive as None.
         text, who, model, tag = ((value or "").strip() for value in (text, who, model, tag))
         return {
@@ -154,15 +156,19 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
             raise gr.Error(str(error)) from None
         records = list(result.records)
         items = [
-            (str(gallery.path(r.outputs[0].thumb_path)) if r.outputs else placeholder(r.status), f"#{r.id} · {r.prompt[:60]}")
+            (
+                str(gallery.path(r.outputs[0].thumb_path)) if r.outputs else placeholder(r.status),
+                f"#{r.id} · {r.prompt[:60]}",
+            )
             for r in records
         ]
         first = (len(cursors) - 1) * PAGE_SIZE
         info = f"{first + 1 if records else 0}–{first + len(records)} of {total}"
         return items, [r.id for r in records], info, result.next_cursor
 
-    def search(text, scope, who, model, task, review, starred, tag, board, since, until, status,
-               request: gr.Request) -> tuple:
+    def search(
+        text, scope, who, model, task, review, starred, tag, board, since, until, status, request: gr.Request
+    ) -> tuple:
         chosen = filters(text, scope, who, model, task, review, starred, tag, board, since, until, status, request)
         items, ids, info, next_cursor = page(chosen, [None])
         return items, ids, info, chosen, [None], next_cursor
@@ -242,8 +248,11 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
     def set_review(state: str):
         def handler(record_id: float | None, note: str, request: gr.Request) -> tuple:
             record = load(record_id)
-            return view(guarded(lambda: gallery.review(record.id, state=state, note=note.strip() or None,
-                                                       by=jobs.user(request))))
+            return view(
+                guarded(
+                    lambda: gallery.review(record.id, state=state, note=note.strip() or None, by=jobs.user(request))
+                )
+            )
 
         return handler
 
@@ -275,8 +284,18 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         is_admin = jobs.is_admin(request)
         guarded(lambda: gallery.delete(record.id, by=jobs.user(request), is_admin=is_admin))
         gr.Info(f"Deleted record #{record.id} and its files.")
-        return (None, None, [], gr.update(value=[], visible=False), "", "", None, f"Record #{record.id} deleted.", "",
-                gr.update(value=None, interactive=False))
+        return (
+            None,
+            None,
+            [],
+            gr.update(value=[], visible=False),
+            "",
+            "",
+            None,
+            f"Record #{record.id} deleted.",
+            "",
+            gr.update(value=None, interactive=False),
+        )
 
     def requeue(record_id: float | None, request: gr.Request) -> tuple:
         """Queue an interrupted, failed or cancelled generation again, as its child; its owner or an admin only."""
@@ -284,8 +303,11 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         again = guarded(lambda: gallery.requeue(record.id, by=jobs.user(request), is_admin=jobs.is_admin(request)))
         workers.start()
         workers.moved()  # an idle worker takes it now rather than at its next look
-        return view(gallery.get(again.id), f"Queued again as #{again.id}, a child of #{record.id}; it runs when its "
-                                           "turn comes and shows up here when done.")
+        return view(
+            gallery.get(again.id),
+            f"Queued again as #{again.id}, a child of #{record.id}; it runs when its "
+            "turn comes and shows up here when done.",
+        )
 
     def rerun(record_id: float | None, request: gr.Request, progress=gr.Progress()) -> tuple:
         return _run_again(record_id, request, progress)
@@ -355,13 +377,21 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         page_info = gr.Markdown()
         export_button = gr.Button("Export board or page as ZIP", size="sm")
         export_file = gr.DownloadButton("⬇ ZIP", value=None, size="sm")
-    grid = gr.Gallery(label="Gallery", columns=8, height=330, allow_preview=False, object_fit="cover",
-                      fit_columns=False, elem_id="gallery-grid")
+    grid = gr.Gallery(
+        label="Gallery",
+        columns=8,
+        height=330,
+        allow_preview=False,
+        object_fit="cover",
+        fit_columns=False,
+        elem_id="gallery-grid",
+    )
     with gr.Row():
         with gr.Column(scale=4):
             image = gr.Image(label="Image", type="filepath", format="png", interactive=False, height=320)
-            outputs = gr.Gallery(label="All images of this record", columns=4, height=120, format="png",
-                                 fit_columns=False)
+            outputs = gr.Gallery(
+                label="All images of this record", columns=4, height=120, format="png", fit_columns=False
+            )
             inputs = gr.Gallery(label="Inputs", columns=4, height=120, visible=False)
         with gr.Column(scale=5):
             with gr.Row():
@@ -404,26 +434,53 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
     shown = [grid, ids, page_info]
     record_view = [record_id, image, outputs, inputs, description, family, params, verdict, note, download]
     refresh = [*shown, chosen, cursors, next_cursor, board_filter, board_name]
-    filter_inputs = [search_text, scope, who, model_filter, task, review, starred, tag_filter, board_filter, since, until, status]
+    filter_inputs = [
+        search_text,
+        scope,
+        who,
+        model_filter,
+        task,
+        review,
+        starred,
+        tag_filter,
+        board_filter,
+        since,
+        until,
+        status,
+    ]
     # Every event that can refuse something is queued: Gradio shows a queued event's gr.Error as a
     # message, and an unqueued one's as a bare "Error" badge on its outputs.
-    gr.on([search_button.click, search_text.submit], search, inputs=filter_inputs,
-          outputs=[*shown, chosen, cursors, next_cursor], api_name="gallery_search")
+    gr.on(
+        [search_button.click, search_text.submit],
+        search,
+        inputs=filter_inputs,
+        outputs=[*shown, chosen, cursors, next_cursor],
+        api_name="gallery_search",
+    )
     refresh_button.click(newest, outputs=refresh, api_name="gallery_page")
-    older_button.click(older, inputs=[chosen, cursors, next_cursor], outputs=[*shown, cursors, next_cursor],
-                       api_visibility="private")
-    newer_button.click(newer, inputs=[chosen, cursors], outputs=[*shown, cursors, next_cursor], api_visibility="private")
+    older_button.click(
+        older, inputs=[chosen, cursors, next_cursor], outputs=[*shown, cursors, next_cursor], api_visibility="private"
+    )
+    newer_button.click(
+        newer, inputs=[chosen, cursors], outputs=[*shown, cursors, next_cursor], api_visibility="private"
+    )
     export_button.click(export, inputs=[board_filter, ids], outputs=export_file, api_name="export")
     grid.select(select, inputs=ids, outputs=record_view, api_visibility="private")
-    gr.on([open_button.click, record_id.submit], open_record, inputs=record_id, outputs=record_view,
-          api_name="gallery_record")
+    gr.on(
+        [open_button.click, record_id.submit],
+        open_record,
+        inputs=record_id,
+        outputs=record_view,
+        api_name="gallery_record",
+    )
     star_button.click(star, inputs=record_id, outputs=record_view, api_name="star")
     approve_button.click(set_review("approved"), inputs=[record_id, note], outputs=record_view, api_name="approve")
     reject_button.click(set_review("rejected"), inputs=[record_id, note], outputs=record_view, api_name="reject")
     clear_button.click(set_review("none"), inputs=[record_id, note], outputs=record_view, api_visibility="private")
     gr.on([tag_button.click, tags.submit], tag, inputs=[record_id, tags], outputs=record_view, api_name="tag")
-    board_button.click(to_board, inputs=[record_id, board_name], outputs=record_view, api_name="add_to_board"
-                       ).success(newest, outputs=refresh, api_visibility="private")
+    board_button.click(to_board, inputs=[record_id, board_name], outputs=record_view, api_name="add_to_board").success(
+        newest, outputs=refresh, api_visibility="private"
+    )
     # Two presses: the first only shows the confirm button.
     delete_button.click(ask_delete, inputs=record_id, outputs=confirm_delete, api_visibility="private")
     confirm_delete.click(delete, inputs=record_id, outputs=record_view, api_name="delete").then(
@@ -431,8 +488,9 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
     ).success(newest, outputs=refresh, api_visibility="private")
     record_id.change(lambda: gr.update(visible=False), outputs=confirm_delete, queue=False, api_visibility="private")
     rerun_event = rerun_button.click(rerun, inputs=record_id, outputs=record_view, api_name="rerun", **jobs.gpu_event)
-    variations_event = variations_button.click(variations, inputs=[record_id, variation_count], outputs=record_view,
-                                               api_name="variations", **jobs.gpu_event)
+    variations_event = variations_button.click(
+        variations, inputs=[record_id, variation_count], outputs=record_view, api_name="variations", **jobs.gpu_event
+    )
     requeue_event = requeue_button.click(requeue, inputs=record_id, outputs=record_view, api_name="requeue")
     for event in (rerun_event, variations_event, requeue_event):
         event.success(newest, outputs=refresh, api_visibility="private")

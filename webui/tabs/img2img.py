@@ -25,9 +25,16 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
     # -- functions --------------------------------------------------------
 
     def make(picture, prompt_text, negative_text, strength_value, mode, *values, model=model):
-        return build_request("img2img", prompt=prompt_text, negative_prompt=negative_text, model=model,
-                             image=upload(picture, field="image"), strength=float(strength_value), resize_mode=mode,
-                             **settings_fields(list(values)))
+        return build_request(
+            "img2img",
+            prompt=prompt_text,
+            negative_prompt=negative_text,
+            model=model,
+            image=upload(picture, field="image"),
+            strength=float(strength_value),
+            resize_mode=mode,
+            **settings_fields(list(values)),
+        )
 
     # -- layout -----------------------------------------------------------
 

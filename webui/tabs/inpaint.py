@@ -50,25 +50,51 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         except RequestError as error:
             raise gr.Error(str(error)) from None
         layer = paint(background, image.size)
-        return ({"background": image.convert("RGBA"), "layers": [layer], "composite": None},
-                masks.overlay(image, background), f"Product found by **{used}**; correct it with the brush or eraser.")
+        return (
+            {"background": image.convert("RGBA"), "layers": [layer], "composite": None},
+            masks.overlay(image, background),
+            f"Product found by **{used}**; correct it with the brush or eraser.",
+        )
 
     def flip(picture, value):
         image = upload(picture, field="image")
         current = masks.mask_from_editor(value, image.size) or Image.new("L", image.size, 0)
         background = masks.invert(current)
-        return {"background": image.convert("RGBA"), "layers": [paint(background, image.size)], "composite": None}, \
-            masks.overlay(image, background)
+        return {
+            "background": image.convert("RGBA"),
+            "layers": [paint(background, image.size)],
+            "composite": None,
+        }, masks.overlay(image, background)
 
-    def make(picture, value, how, prompt_text, negative_text, grow_px, feather_px, padding_px, strength_value, *values,
-             model=model):
+    def make(
+        picture,
+        value,
+        how,
+        prompt_text,
+        negative_text,
+        grow_px,
+        feather_px,
+        padding_px,
+        strength_value,
+        *values,
+        model=model,
+    ):
         image = upload(picture, field="image")
         painted = masks.mask_from_editor(value, image.size) if isinstance(value, dict) else None
         return build_request(
-            "inpaint", prompt=prompt_text, negative_prompt=negative_text, model=model, image=image,
-            mask=painted, mask_method=how, mask_source="editor" if painted is not None else None,
-            mask_grow=int(grow_px), mask_feather=int(feather_px), padding_mask_crop=int(padding_px) or None,
-            strength=float(strength_value), **settings_fields(list(values)),
+            "inpaint",
+            prompt=prompt_text,
+            negative_prompt=negative_text,
+            model=model,
+            image=image,
+            mask=painted,
+            mask_method=how,
+            mask_source="editor" if painted is not None else None,
+            mask_grow=int(grow_px),
+            mask_feather=int(feather_px),
+            padding_mask_crop=int(padding_px) or None,
+            strength=float(strength_value),
+            **settings_fields(list(values)),
         )
 
     # -- layout -----------------------------------------------------------
@@ -82,7 +108,10 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 invert_button = gr.Button("Invert", size="sm")
             editor = gr.ImageEditor(
                 label="Magenta = new background (paint to add, erase to keep)",
-                type="pil", image_mode="RGBA", sources=(), layers=False,
+                type="pil",
+                image_mode="RGBA",
+                sources=(),
+                layers=False,
                 brush=gr.Brush(colors=[BRUSH], color_mode="fixed", default_size=6),
                 eraser=gr.Eraser(default_size=6),
                 # Gradio's editor (6.31, js/imageeditor/shared/core/layers.ts, `add_layer_from_url`)
@@ -92,8 +121,11 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 # each new mask (`cleared` above), keeps that extent the photo's own.
                 canvas_size=(1, 1),
             )
-            prompt = gr.Textbox(label="Background prompts (one image per line)", lines=3,
-                                placeholder="a red square on a yellow background\na red square on a green background")
+            prompt = gr.Textbox(
+                label="Background prompts (one image per line)",
+                lines=3,
+                placeholder="a red square on a yellow background\na red square on a green background",
+            )
             negative = gr.Textbox(label="Negative prompt", lines=1)
             with gr.Row():
                 grow = gr.Slider(-32, 32, value=0, step=1, label="Mask grow (px; <0 keeps a margin)")
@@ -109,10 +141,12 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
 
     # -- events -----------------------------------------------------------
 
-    cleared(find_button.click, editor).then(find_product, inputs=[photo, method], outputs=[editor, preview, found],
-                                            api_name="product_mask")
-    cleared(photo.upload, editor).then(find_product, inputs=[photo, method], outputs=[editor, preview, found],
-                                       api_visibility="private")
+    cleared(find_button.click, editor).then(
+        find_product, inputs=[photo, method], outputs=[editor, preview, found], api_name="product_mask"
+    )
+    cleared(photo.upload, editor).then(
+        find_product, inputs=[photo, method], outputs=[editor, preview, found], api_visibility="private"
+    )
     invert_button.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *shared]
     generated = runner.wire(outputs, inputs, make, "inpaint", styled)

@@ -29,8 +29,15 @@ from webui.tabs.common import OutputsPanel, model_source, record_details, record
 class Runner:
     """The generating tabs' shared services (the session's jobs, the gallery, the model list) and their one run."""
 
-    def __init__(self, *, jobs: Jobs, gallery: Gallery, models: list[ModelEntry], settings: Settings,
-                 picker: gr.Dropdown | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        jobs: Jobs,
+        gallery: Gallery,
+        models: list[ModelEntry],
+        settings: Settings,
+        picker: gr.Dropdown | None = None,
+    ) -> None:
         self.jobs = jobs
         self.gallery = gallery
         self.models = models
@@ -47,7 +54,12 @@ class Runner:
         return self.picker if self.picker is not None else gr.State(None)
 
     def follow(
-        self, generation: GenerationRequest, *, request: gr.Request, progress: Any, shown: Callable[[Any], tuple],
+        self,
+        generation: GenerationRequest,
+        *,
+        request: gr.Request,
+        progress: Any,
+        shown: Callable[[Any], tuple],
         desc: str = "Denoising",
     ) -> Generator[tuple, None, GenerationRecord]:
         """Queue ``generation``, yield ``shown(picture)`` for each newer preview, and return the ended record.
@@ -57,7 +69,9 @@ class Runner:
         """
         progress((0, generation.num_inference_steps), desc=desc, unit="steps")
         for kind, value in self.jobs.follow(
-            generation, request=request, progress=lambda step, total: progress((step, total), desc=desc, unit="steps"),
+            generation,
+            request=request,
+            progress=lambda step, total: progress((step, total), desc=desc, unit="steps"),
         ):
             if kind == "preview":
                 yield shown(value)
@@ -70,19 +84,29 @@ class Runner:
         """The record's output files, for an image gallery."""
         return [str(self.gallery.path(image.path)) for image in record.outputs]
 
-    def image_task(self, make: Callable[..., GenerationRequest], styled: dict[str, Any], count: int) -> Callable[..., Any]:
+    def image_task(
+        self, make: Callable[..., GenerationRequest], styled: dict[str, Any], count: int
+    ) -> Callable[..., Any]:
         """An image tab's Generate handler: build the request (bad input: one sentence, nothing written), run it."""
 
         def run(*arguments):
             *values, request, progress = arguments
-            task_values, model_name, style_values = values[: -len(styled) - 1], values[-len(styled) - 1], values[-len(styled):]
+            task_values, model_name, style_values = (
+                values[: -len(styled) - 1],
+                values[-len(styled) - 1],
+                values[-len(styled) :],
+            )
             try:
                 generation = make(*task_values, model=self.model_source(model_name))
                 generation = generation.replace(**style.request_fields(**dict(zip(styled, style_values))))
             except (RequestError, ValueError, TypeError) as error:
                 raise gr.Error(str(error)) from None
-            record = yield from self.follow(generation, request=request, progress=progress,
-                                            shown=lambda picture: ([picture], "Forming…", gr.update()))
+            record = yield from self.follow(
+                generation,
+                request=request,
+                progress=progress,
+                shown=lambda picture: ([picture], "Forming…", gr.update()),
+            )
             if record.status == "cancelled":
                 yield [], f"**Record #{record.id}** · cancelled", record_details(record, inputs=True)
                 return
@@ -94,20 +118,30 @@ class Runner:
         # The model and the style controls are optional over the API: they keep their names and defaults.
         plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
         optional = inspect.signature(style.request_fields).parameters
-        tail = [inspect.Parameter("model_name", plain, default=None),
-                *(inspect.Parameter(name, plain, default=optional[name].default) for name in styled)]
+        tail = [
+            inspect.Parameter("model_name", plain, default=None),
+            *(inspect.Parameter(name, plain, default=optional[name].default) for name in styled),
+        ]
         positional = [inspect.Parameter(f"value_{i}", plain) for i in range(count - len(tail))]
-        run.__signature__ = inspect.Signature([
-            *positional,
-            *tail,
-            inspect.Parameter("request", plain, default=None, annotation=gr.Request),
-            inspect.Parameter("progress", plain, default=gr.Progress()),
-        ])
+        run.__signature__ = inspect.Signature(
+            [
+                *positional,
+                *tail,
+                inspect.Parameter("request", plain, default=None, annotation=gr.Request),
+                inspect.Parameter("progress", plain, default=gr.Progress()),
+            ]
+        )
         run.__annotations__ = {"request": gr.Request}  # Gradio reads type hints, not the signature's annotations
         return run
 
-    def wire(self, panel: OutputsPanel, inputs: list, make: Callable[..., GenerationRequest], api_name: str,
-             styled: dict[str, Any] | None = None) -> Dependency:
+    def wire(
+        self,
+        panel: OutputsPanel,
+        inputs: list,
+        make: Callable[..., GenerationRequest],
+        api_name: str,
+        styled: dict[str, Any] | None = None,
+    ) -> Dependency:
         """Generate runs ``make``'s request with the tab's style controls; API inputs: the tab's, the model, style's.
 
         Inputs added later go last, so an API client's positional call keeps working.

@@ -40,8 +40,9 @@ def lora_and_reference(loras_folder) -> dict[str, gr.components.Component]:
 
 def variations() -> dict[str, gr.components.Component]:
     """A second seed blended into the first: near copies of an image one liked."""
-    seed = gr.Number(value=NO_VARIATION, precision=0, minimum=NO_VARIATION, maximum=MAX_SEED,
-                     label="Variation seed (-1: none)")
+    seed = gr.Number(
+        value=NO_VARIATION, precision=0, minimum=NO_VARIATION, maximum=MAX_SEED, label="Variation seed (-1: none)"
+    )
     strength = gr.Slider(0, 1, value=0.1, step=0.01, label="Variation strength")
     return {"variation_seed": seed, "variation_strength": strength}
 
@@ -54,8 +55,12 @@ def refiner(models, *, visible: bool = True) -> tuple[gr.Accordion, dict[str, gr
     listed = [(entry.name, entry.source) for entry in models if entry.family == "sdxl"]
     with gr.Accordion("SDXL refiner", open=False, visible=visible) as box:
         with gr.Row():
-            model = gr.Dropdown([("none", "")] + listed, value="", allow_custom_value=True,
-                                label="Refiner (SDXL models only; a listed model, a folder, a file or a hub id)")
+            model = gr.Dropdown(
+                [("none", "")] + listed,
+                value="",
+                allow_custom_value=True,
+                label="Refiner (SDXL models only; a listed model, a folder, a file or a hub id)",
+            )
             switch = gr.Slider(0.05, 0.95, value=0.8, step=0.05, label="Switch at (share of the steps the base does)")
     return box, {"refiner": model, "refiner_switch": switch}
 
@@ -89,12 +94,22 @@ def loras(names: list[str] | None, weights: str | None) -> tuple[tuple[str, floa
     return tuple((name, values[i] if i < len(values) else 1.0) for i, name in enumerate(names))
 
 
-def request_fields(lora_names=None, lora_weights=None, reference=None, reference_scale=0.6,
-                   variation_seed=NO_VARIATION, variation_strength=0.0, refiner="", refiner_switch=0.8) -> dict[str, Any]:
+def request_fields(
+    lora_names=None,
+    lora_weights=None,
+    reference=None,
+    reference_scale=0.6,
+    variation_seed=NO_VARIATION,
+    variation_strength=0.0,
+    refiner="",
+    refiner_switch=0.8,
+) -> dict[str, Any]:
     """The widgets' values as request fields (the request itself checks ranges)."""
     fields: dict[str, Any] = {
         "loras": loras(lora_names, lora_weights),
-        "ip_adapter_image": ImageRef.of(load_image(reference, field="ip_adapter_image")) if reference is not None else None,
+        "ip_adapter_image": ImageRef.of(load_image(reference, field="ip_adapter_image"))
+        if reference is not None
+        else None,
         "ip_adapter_scale": float(reference_scale),
     }
     if refiner and str(refiner).strip():

@@ -24,8 +24,17 @@ from webui.tabs.common import TabHandles, model_family, outputs_panel, record_de
 from webui.tabs.runner import Runner
 
 # The request fields this tab shows, in the order of its widgets.
-FIELDS = ("prompt", "negative_prompt", "sampler", "num_inference_steps", "guidance_scale", "width", "height", "seed",
-          "batch_size")
+FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "num_inference_steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+    "batch_size",
+)
 
 
 def build(settings: Settings, runner: Runner) -> TabHandles:
@@ -34,10 +43,29 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
 
     # -- functions --------------------------------------------------------
 
-    def generate(prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                 batch_count=1, variation_seed=-1, variation_strength=0.0, lora_names=None, lora_weights=None,
-                 reference=None, reference_scale=0.6, model_name=None, refiner="", refiner_switch=0.8,
-                 request: gr.Request = None, progress=gr.Progress()):
+    def generate(
+        prompt,
+        negative_prompt,
+        sampler,
+        steps,
+        guidance_scale,
+        width,
+        height,
+        seed,
+        batch_size,
+        batch_count=1,
+        variation_seed=-1,
+        variation_strength=0.0,
+        lora_names=None,
+        lora_weights=None,
+        reference=None,
+        reference_scale=0.6,
+        model_name=None,
+        refiner="",
+        refiner_switch=0.8,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
         try:
             seed = int(seed)
             first = Text2ImgRequest(
@@ -51,8 +79,16 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 seed=random_seed() if seed == -1 else seed,
                 batch_size=int(batch_size),
                 model=runner.model_source(model_name),
-                **style.request_fields(lora_names, lora_weights, reference, reference_scale, variation_seed,
-                                       variation_strength, refiner, refiner_switch),
+                **style.request_fields(
+                    lora_names,
+                    lora_weights,
+                    reference,
+                    reference_scale,
+                    variation_seed,
+                    variation_strength,
+                    refiner,
+                    refiner_switch,
+                ),
             )
             count = int(batch_count)
             if not 1 <= count <= MAX_BATCH:
@@ -67,9 +103,16 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
             note = f"Forming… (batch {number + 1} of {count})"
             # The earlier batches' images, then this one's picture as it forms.
             record = yield from runner.follow(
-                text2img, request=request, progress=progress,
+                text2img,
+                request=request,
+                progress=progress,
                 desc=f"Batch {number + 1} of {count}: denoising" if count > 1 else "Denoising",
-                shown=lambda picture, before=list(paths), note=note: (before + [picture], note, gr.update(), gr.update()),
+                shown=lambda picture, before=list(paths), note=note: (
+                    before + [picture],
+                    note,
+                    gr.update(),
+                    gr.update(),
+                ),
             )
             records.append(record)
             if record.status == "cancelled":
@@ -110,15 +153,21 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
             params = None
         if params is None:
             return [gr.update()] * len(styles)
-        return [gr.update() if key == "reference" else value
-                for key, value in zip(styles, style.values_from(params, styles))]
+        return [
+            gr.update() if key == "reference" else value
+            for key, value in zip(styles, style.values_from(params, styles))
+        ]
 
     # -- layout -----------------------------------------------------------
 
     with gr.Row():
         with gr.Column(scale=5):
-            prompt = gr.Textbox(label="Prompt", value=defaults.get("prompt", ""), lines=3,
-                                placeholder="a red circle on a blue background")
+            prompt = gr.Textbox(
+                label="Prompt",
+                value=defaults.get("prompt", ""),
+                lines=3,
+                placeholder="a red circle on a blue background",
+            )
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2)
             with gr.Row():
                 sampler = gr.Dropdown(SAMPLER_NAMES, value=defaults["sampler"], label="Sampler")
@@ -129,8 +178,9 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 height = gr.Slider(MIN_SIZE, MAX_SIZE, value=defaults["height"], step=8, label="Height")
                 batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
             with gr.Accordion("Import a PNG's parameters", open=False):
-                dropped = gr.File(label="PNG from Atelier, AUTOMATIC1111, ComfyUI or InvokeAI", file_types=[".png"],
-                                  type="filepath")
+                dropped = gr.File(
+                    label="PNG from Atelier, AUTOMATIC1111, ComfyUI or InvokeAI", file_types=[".png"], type="filepath"
+                )
                 import_summary = gr.Markdown()
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
@@ -151,9 +201,22 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
     generated = gr.on(
         [panel.run.click, prompt.submit],
         generate,
-        inputs=[prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size,
-                batch_count, *varied.values(), *styled.values(), runner.model_input(),
-                *refined.values()],  # inputs added later go last: API clients' positional calls keep working
+        inputs=[
+            prompt,
+            negative_prompt,
+            sampler,
+            steps,
+            guidance_scale,
+            width,
+            height,
+            seed,
+            batch_size,
+            batch_count,
+            *varied.values(),
+            *styled.values(),
+            runner.model_input(),
+            *refined.values(),
+        ],  # inputs added later go last: API clients' positional calls keep working
         outputs=[panel.images, panel.summary, panel.details, last_seed],
         api_name="txt2img",
         concurrency_id="gpu",
@@ -162,13 +225,17 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
     # Queued, as every event that can say something: Gradio shows an unqueued event's messages as a bare badge.
     panel.cancel.click(runner.jobs.cancel, api_name="cancel")
     random_button.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
-    reuse_button.click(lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False,
-                       api_visibility="private")
-    fields = dict(zip(FIELDS, (prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size)))
+    reuse_button.click(
+        lambda last: -1 if last is None else last, inputs=last_seed, outputs=seed, queue=False, api_visibility="private"
+    )
+    fields = dict(
+        zip(FIELDS, (prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, batch_size))
+    )
     # What "Send to Text to image" and a PNG import fill besides the fields: the style controls.
     styles = {**varied, **styled, **refined}
-    dropped.upload(import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary],
-                   api_name="import_png"
-                   ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
-    return TabHandles(generated=generated, negative_prompt=negative_prompt, refiner_box=refiner_box, fields=fields,
-                      styles=styles)
+    dropped.upload(
+        import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary], api_name="import_png"
+    ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
+    return TabHandles(
+        generated=generated, negative_prompt=negative_prompt, refiner_box=refiner_box, fields=fields, styles=styles
+    )
