@@ -29,8 +29,10 @@ RUN pip install torch==2.14.1 torchvision==0.29.1 \
 WORKDIR /app
 COPY . /app
 # The constraints file keeps the project's dependencies from replacing the
-# torch pair installed above.
-RUN pip install --constraint /etc/pip-torch-constraints.txt .
+# torch pair installed above. The ray extra (Ray Serve) lets the same image be
+# the single-GPU studio, the studio on a GPU pool, a Ray head or a GPU worker
+# (docker-compose.yml's `cluster` profile, docs/gpu-pool.md).
+RUN pip install --constraint /etc/pip-torch-constraints.txt '.[ray]'
 
 # Unprivileged runtime user; named volumes mounted on /data and /cache are
 # initialised from these directories and so inherit their ownership.

@@ -24,6 +24,8 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 
 TORCH_PIN = "torch==2.14.1"
 TORCHVISION_PIN = "torchvision==0.29.1"
+# `pip install .`, or with extras: `'.[ray]'`.
+PROJECT_INSTALL = re.compile(r"pip install\b.*\s(['\"]?)\.(\[(?P<extras>[\w,-]+)\])?\1(\s|$|&&|;)")
 
 
 # --------------------------------------------------------------------------- #
@@ -225,15 +227,18 @@ def test_dockerfile_installs_torch_pair_before_project() -> None:
     assert torch_idx is not None, f"no single RUN installs {TORCH_PIN} together with {TORCHVISION_PIN}"
     copy_idx = next(i for i, (kw, _) in enumerate(instrs) if kw in ("COPY", "ADD"))
     project_idx = next(
-        (
-            i
-            for i, (kw, rest) in enumerate(instrs)
-            if kw == "RUN" and re.search(r"pip install\b.*\s\.(\s|$|&&|;)", rest + " ")
-        ),
+        (i for i, (kw, rest) in enumerate(instrs) if kw == "RUN" and PROJECT_INSTALL.search(rest + " ")),
         None,
     )
     assert project_idx is not None, "Dockerfile never runs `pip install .`"
     assert torch_idx < copy_idx < project_idx, (torch_idx, copy_idx, project_idx)
+
+
+def test_dockerfile_image_carries_the_ray_extra() -> None:
+    # The cluster profile runs `ray start` and the studio with ATELIER_EXECUTOR=ray from this one image.
+    installs = [PROJECT_INSTALL.search(rest + " ") for kw, rest in _dockerfile_instructions() if kw == "RUN"]
+    extras = [match["extras"] for match in installs if match]
+    assert extras and "ray" in (extras[-1] or "").split(","), extras
 
 
 def test_dockerfile_runtime_settings() -> None:
@@ -318,3 +323,11 @@ def test_cluster_gpu_workers_reserve_every_gpu(cluster: dict) -> None:
     devices = cluster["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert devices[0]["count"] == -1  # compose writes "all" as -1
+
+
+def test_cluster_studio_joins_the_cluster_before_serving(cluster: dict) -> None:
+    # A Ray driver attaches to a Ray node on its own host: the studio's container must start one first.
+    command = " ".join(cluster["services"]["studio"]["command"])
+    joins, serves = command.find("ray start --address=ray-head:6379"), command.find("atelier serve")
+    assert 0 <= joins < serves, command
+    assert "--num-gpus 0" in command and "--executor ray" in command
