@@ -23,7 +23,7 @@ from pipelines.progress import CancelToken, ProgressFn
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
 from pipelines.sources import resolve_source
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, StorageError
-from webui.errors import GpuWorkerLost, QueueFull, StudioError
+from webui.errors import GpuWorkerLost, GpuWorkersUnreachable, QueueFull, StudioError
 from webui.executors import RayExecutor
 from webui.models import ModelListError, find, guess_family, studio_models
 from webui.settings import Settings
@@ -274,13 +274,17 @@ class Studio:
 
         Its request is rebuilt from the record, inputs and all, the way a
         rerun is. A model that cannot load or a stored request that no longer
-        validates ends the job "failed" with that message, and is raised.
+        validates ends the job "failed" with that message, and is raised. A
+        GPU pool out of reach puts the job back in the queue (raised too).
         """
         started = time.perf_counter()
         # 1. The request and its model; either failing is the job's end, not the worker's.
         try:
             request = request_from_dict(record.params, self.stored_inputs(record))
             loaded = self.engine.load(request.model)
+        except GpuWorkersUnreachable:  # nothing ran: it waits its turn again, and runs when the pool is back
+            self.gallery.release(record.id)
+            raise
         except (ModelError, RequestError, OSError) as error:
             message = str(error) if not isinstance(error, OSError) else f"its input images could not be read: {error}"
             self._end_failed(record, message, started=started)
@@ -326,6 +330,9 @@ class Studio:
             if out_of_memory:
                 # What the failed run left cached must not make the next one fail too.
                 self._free_memory()
+            if isinstance(error, GpuWorkersUnreachable):  # the pool went away before the job reached it
+                self.gallery.release(record.id)
+                raise
             if isinstance(error, GpuWorkerLost):  # not the job's fault: it may run again as it was
                 self.gallery.interrupt(
                     record.id,

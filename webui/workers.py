@@ -23,7 +23,7 @@ from pipelines.errors import ModelError
 from pipelines.progress import CancelToken
 from pipelines.requests import GenerationRequest, RequestError
 from storage import Gallery, GenerationRecord, LeaseLost, NotAllowed, RecordNotFound, StorageError
-from webui.errors import GpuWorkerLost, StudioError
+from webui.errors import GpuWorkerLost, GpuWorkersUnreachable, StudioError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class Ticket:
     def preview(self, image: Any) -> None:
         """The engine's preview callback: the picture forming, every few steps."""
         self.latest_preview = image
+
+    def requeued(self) -> None:
+        """Back in the queue without having run (the GPU pool went out of reach); its place is read anew."""
+        self._update(running=False, step=None, place=None)
 
     def ended(self, record: GenerationRecord) -> None:
         self._update(done=True, record=record)
@@ -320,6 +324,10 @@ class Workers:
             # whoever waits is told, and the gallery offers a requeue.
             log.warning("Generation %s was interrupted while it ran: %s", record.id, error)
             ticket.failed(f"Generation {record.id} was interrupted: {error}")
+        except GpuWorkersUnreachable:
+            # Back in the queue (Studio.run_job released it); its session waits on, as for any queued job.
+            log.warning("Generation %s went back to the queue: no GPU workers reachable.", record.id)
+            ticket.requeued()
         except GpuWorkerLost as error:
             log.warning("Generation %s was interrupted: its GPU worker went away.", record.id)
             ticket.failed(f"Generation {record.id}: {error}")

@@ -158,6 +158,31 @@ class Runs(GalleryCore):
         finally:
             self._leases.release(generation_id)
 
+    def release(self, generation_id: int) -> GenerationRecord:
+        """Put a claimed job back in the queue, the same row, as if it had not been claimed.
+
+        For a job its executor could not take (a GPU pool that went out of
+        reach before anything ran): nothing of it ran, so it waits its turn
+        again rather than reading failed or interrupted. Raises LeaseLost when
+        its lease ran out first.
+        """
+        try:
+            self.expire_leases()
+            now = self._now()
+            with Session(self._engine) as session, session.begin():
+                _running(session, generation_id)
+                result = session.execute(
+                    update(Generation)
+                    .where(Generation.id == generation_id, lease_held(None, now))
+                    .values(status="queued", started_at=None, lease_owner=None, lease_expires_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    raise LeaseLost(f"Generation {generation_id}'s lease ran out before it could be queued again.")
+                return self._load(session, generation_id)
+        finally:
+            self._leases.release(generation_id)
+
     def _finish(
         self,
         generation_id: int,

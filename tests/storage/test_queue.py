@@ -690,3 +690,29 @@ def test_0004_upgrades_a_0003_database_with_rows_and_downgrades_again(
     insert_status(engine, "queued")
     with Gallery(url=db_url, data_dir=tmp_path) as gallery:
         assert [r.prompt for r in gallery.queued()] == ["p"]
+
+
+# Release: a claimed job its executor could not take goes back in line
+
+
+def test_a_released_job_waits_again_in_its_own_row_and_is_claimed_again(g: Gallery, new_generation: NewFactory) -> None:
+    [job] = enqueue(g, new_generation, "ann")
+    assert g.claim_next().id == job
+    released = g.release(job)
+    assert (released.id, released.status) == (job, "queued")
+    assert (released.started_at, released.lease_owner, released.lease_expires_at) == (None, None, None)
+    assert g.queue_position(job) == 1
+    assert g.claim_next().id == job  # the same row, not a copy
+    assert g.count() == 1
+
+
+def test_a_job_whose_lease_ran_out_is_not_released_but_stays_interrupted(
+    opened: Callable[[], Gallery], new_generation: NewFactory, clock: Clock
+) -> None:
+    worker = opened()
+    [job] = enqueue(worker, new_generation, "ann")
+    worker.claim_next(lease_seconds=60)
+    clock.advance(61)
+    with pytest.raises(LeaseLost):
+        worker.release(job)
+    assert worker.get(job).status == "interrupted"
