@@ -10,6 +10,8 @@ import gradio as gr
 
 from pipelines.errors import ModelError
 from storage import Users
+from webui.errors import GpuWorkersUnreachable
+from webui.executors import RayExecutor
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
 from webui.models import find, studio_models
 from webui.services import build_services
@@ -24,6 +26,7 @@ from webui.tabs import txt2img as txt2img_tab
 from webui.tabs.runner import Runner
 
 SERVED_FOLDERS = ("images", "thumbs", "placeholders", "exports")  # the data folder's folders Gradio may serve
+GPU_STATUS_SECONDS = 5.0  # how often a page on a Ray pool asks whether its GPU workers can be reached
 
 CSS = """
 #atelier-header h1 { margin-bottom: 0; }
@@ -42,6 +45,12 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
                 [m.name for m in models], value=find(models, settings.model).name, label="Model", scale=1
             )
             picked = gr.Markdown()
+        if studio.pooled:
+            # Why nothing runs while the Ray cluster is away; empty while it is there.
+            gpu_status = gr.Markdown(elem_id="atelier-gpu-status")
+            show_status = gpu_status_line(studio)
+            gr.Timer(GPU_STATUS_SECONDS).tick(show_status, outputs=gpu_status, queue=False, api_visibility="private")
+            app.load(show_status, outputs=gpu_status, queue=False, api_visibility="private")
         runner = Runner(jobs=jobs, gallery=gallery, models=models, settings=settings, picker=picker)
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
@@ -103,10 +112,11 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
             except Exception as error:  # a missing file, an unsupported model: said, and the old one stays
                 raise gr.Error(f"{entry.name} could not be loaded: {error}") from None
             defaults = entry.defaults()
-            note = (
-                f"**{entry.name}** loaded ({loaded.family}, revision `{loaded.revision[:12]}`); "
-                f"{len(studio.engine.resident())} of {studio.engine.max_models} models in memory."
-            )
+            if isinstance(studio.engine, RayExecutor):  # each replica holds models of its own
+                held = "on the GPU pool."
+            else:
+                held = f"{len(studio.engine.resident())} of {studio.engine.max_models} models in memory."
+            note = f"**{entry.name}** loaded ({loaded.family}, revision `{loaded.revision[:12]}`); {held}"
             if not entry.negative_prompt_applies:
                 note += " Its guidance is built in: no negative prompt, sampler Euler."
             updates = [defaults[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "width", "height")]
@@ -143,8 +153,18 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
     for fn in app.fns.values():
         if fn.concurrency_id == "gpu":
             fn.concurrency_limit = jobs.gpu_event["concurrency_limit"]
-    app.queue(default_concurrency_limit=settings.gpu_workers)
+    app.queue(default_concurrency_limit=studio.workers.count)
     return app
+
+
+def gpu_status_line(studio: Studio) -> Callable[[], str]:
+    """The status line's handler: "No GPU workers reachable: ..." while the pool is away, else nothing."""
+
+    def show() -> str:
+        # Not waiting for a connection another thread is making: the page asks every few seconds.
+        return studio.gpu_status(wait=False) or ""
+
+    return show
 
 
 def launch(
@@ -160,7 +180,7 @@ def launch(
         server_name=settings.host,
         server_port=settings.port,
         # Each waiting handler holds a thread; leave Gradio's default 40 for every other event besides.
-        max_threads=40 + settings.queue_limit + settings.gpu_workers + REFUSALS_AT_ONCE,
+        max_threads=40 + settings.queue_limit + studio.workers.count + REFUSALS_AT_ONCE,
         # Gradio serves files only from these: what the pages show (images,
         # thumbnails, placeholder tiles, ZIP exports), never the rest of the data
         # folder (the database with its password hashes, pending files, LoRAs).
@@ -190,11 +210,13 @@ def _login(users: Users) -> Callable[[str, str], Awaitable[bool]]:
 def _warm_up(studio: Studio) -> None:
     try:
         studio.engine.load(studio.settings.model)
-    except ModelError as error:
-        # The page still serves the gallery; each generation will say the same.
+    except (ModelError, GpuWorkersUnreachable) as error:
+        # The page still serves the gallery; each generation will say the same (or wait for the pool).
         print(f"atelier: {error}", flush=True)
     else:
-        print(f"Model {studio.settings.model} ready on {studio.engine.device.type}.", flush=True)
+        engine = studio.engine
+        where = "the Ray pool" if isinstance(engine, RayExecutor) else engine.device.type
+        print(f"Model {studio.settings.model} ready on {where}.", flush=True)
 
 
 def serve(settings: Settings) -> None:

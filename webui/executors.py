@@ -130,9 +130,15 @@ class RayExecutor:
 
     # -- the connection -----------------------------------------------------
 
-    def _connect(self) -> Any:
-        """The pool's handle, deployed on first use; raises GpuWorkersUnreachable while the cluster is away."""
-        with self._lock:
+    def _connect(self, *, wait: bool = True) -> Any:
+        """The pool's handle, deployed on first use; raises GpuWorkersUnreachable while the cluster is away.
+
+        With `wait` False, a connection that another thread is making is not
+        waited for: GpuWorkersUnreachable at once, with the last known reason.
+        """
+        if not self._lock.acquire(blocking=wait):
+            raise GpuWorkersUnreachable(self._error or UNREACHABLE)
+        try:
             if self._handle is not None:
                 return self._handle
             if time.monotonic() - self._last_try < self.retry_seconds:
@@ -147,6 +153,8 @@ class RayExecutor:
                 raise GpuWorkersUnreachable(UNREACHABLE) from error
             self._error = None
             return self._handle
+        finally:
+            self._lock.release()
 
     def _deploy(self) -> Any:
         # Read when Ray is imported: a Ray call after this studio left the
@@ -211,23 +219,29 @@ class RayExecutor:
             ray.shutdown()
         self._started_ray = False
 
-    def reachable(self) -> bool:
-        """Whether jobs can be sent now (connecting, at most every `retry_seconds`, when not connected)."""
+    def reachable(self, *, wait: bool = True) -> bool:
+        """Whether jobs can be sent now (connecting, at most every `retry_seconds`, when not connected).
+
+        With `wait` False (the page's status line), a connection under way
+        in another thread is not waited for: the answer is what was known
+        before it, reachable unless a try had failed.
+        """
         if self._handle is not None and self.address and time.monotonic() - self._last_try >= self.retry_seconds:
             self._last_try = time.monotonic()
             if not self._answers():
                 self._lost_cluster(ConnectionError(f"nothing answers at {self.address}"))
                 return False
         try:
-            self._connect()
+            self._connect(wait=wait)
         except GpuWorkersUnreachable:
-            return False
+            return self._handle is not None or (not wait and self._error is None)
         return True
 
     def status(self) -> str | None:
         """A sentence for the UI when no job can run; None when the pool is reachable (or not tried yet)."""
-        with self._lock:
-            return None if self._handle is not None else self._error
+        # Read without the lock, which a connection under way holds for as long as it takes.
+        handle, error = self._handle, self._error
+        return None if handle is not None else error
 
     @property
     def capacity(self) -> int:

@@ -58,15 +58,15 @@ class Jobs:
     def gpu_event(self) -> dict[str, Any]:
         """Event options for a handler that queues a job and waits for it.
 
-        The GPU's concurrency is the workers' (`gpu_workers`); the handlers
-        only wait, so as many may run as jobs can be queued or running, plus
+        The GPU's concurrency is the workers' (`gpu_workers` threads, or one
+        per replica of a Ray pool: `Studio.workers`); the handlers only
+        wait, so as many may run as jobs can be queued or running, plus
         room for more to be told at once that the queue is full. Were Gradio
         to allow fewer, its own queue would sit in front of ours: first come,
         first served instead of round robin between users, positions that
         are not the queue's, and a refusal that waits for a free handler.
         """
-        settings = self.settings
-        limit = settings.queue_limit + settings.gpu_workers + REFUSALS_AT_ONCE
+        limit = self.settings.queue_limit + self.workers.count + REFUSALS_AT_ONCE
         return {"concurrency_id": "gpu", "concurrency_limit": limit}
 
     def user(self, request: gr.Request | None) -> str:

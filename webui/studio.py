@@ -132,7 +132,7 @@ class Studio:
             if self._workers is None:
                 gallery = self.gallery
                 # A Ray pool runs as many jobs at once as it has replicas; the engine here, `gpu_workers`.
-                pool = self.engine if self.settings.executor == "ray" or self._engine is not None else None
+                pool = self.engine if self.pooled else None
                 count = pool.capacity if isinstance(pool, RayExecutor) else self.settings.gpu_workers
                 self._workers = Workers(
                     count=count,
@@ -154,14 +154,23 @@ class Studio:
             self._engine.close()
         self.gallery.close()
 
-    def gpu_status(self) -> str | None:
-        """Why no job can run now ("No GPU workers reachable: ..."), for the UI; None when they can."""
-        if self.settings.executor != "ray" and self._engine is None:
+    @property
+    def pooled(self) -> bool:
+        """Whether jobs run on a Ray pool (`settings.executor`, or a pool handed in); asks nothing of it."""
+        return self.settings.executor == "ray" or isinstance(self._engine, RayExecutor)
+
+    def gpu_status(self, *, wait: bool = True) -> str | None:
+        """Why no job can run now ("No GPU workers reachable: ..."), for the UI; None when they can.
+
+        Always None with the engine in this process. With `wait` False (the
+        page's status line) a connection under way elsewhere is not waited for.
+        """
+        if not self.pooled:
             return None
         executor = self.engine
         if not isinstance(executor, RayExecutor):
             return None
-        return None if executor.reachable() else executor.status()
+        return None if executor.reachable(wait=wait) else executor.status()
 
     def submit(
         self,

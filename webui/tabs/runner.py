@@ -42,7 +42,7 @@ class Runner:
         self.gallery = gallery
         self.models = models
         self.started_with = settings.model
-        self.gpu_workers = settings.gpu_workers
+        self.gpu_workers = jobs.workers.count  # `gpu_workers`, or a Ray pool's replicas
         self.picker = picker
 
     def model_source(self, name: str | None) -> str:
