@@ -117,6 +117,8 @@ class Runs(GalleryCore):
         ran out first (it is interrupted).
         """
         try:
+            if status not in _END_STATUSES:
+                raise StorageError(f"status must be one of {', '.join(_END_STATUSES)}, not {status!r}.")
             return self._fail(
                 generation_id,
                 status=status,
@@ -138,23 +140,15 @@ class Runs(GalleryCore):
         nothing of it is stored, and it can be requeued. Raises LeaseLost
         when the lease ran out first.
         """
-        environment = json_object(environment, field="environment")
-        timings = json_object(timings, field="timings")
         try:
-            self.expire_leases()
-            with Session(self._engine) as session, session.begin():
-                _running(session, generation_id)
-                self._end(
-                    session,
-                    generation_id,
-                    status="interrupted",
-                    error=error,
-                    environment=environment,
-                    timings=timings,
-                    duration_ms=None,
-                    model_revision=None,
-                )
-                return self._load(session, generation_id)
+            return self._fail(
+                generation_id,
+                status="interrupted",
+                error=error,
+                environment=environment,
+                timings=timings,
+                duration_ms=None,
+            )
         finally:
             self._leases.release(generation_id)
 
@@ -246,8 +240,6 @@ class Runs(GalleryCore):
         duration_ms: int | None,
         model_revision: str | None = None,
     ) -> GenerationRecord:
-        if status not in _END_STATUSES:
-            raise StorageError(f"status must be one of {', '.join(_END_STATUSES)}, not {status!r}.")
         environment = json_object(environment, field="environment")
         timings = json_object(timings, field="timings")
         check_duration(duration_ms)

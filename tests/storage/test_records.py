@@ -11,20 +11,9 @@ from storage import GenerationRecord, NewGeneration, StorageError
 from storage.models import Generation
 from storage.records import COPIED_FROM_PARAMS, GenerationFields
 
-PARAMS: dict[str, Any] = {
-    "task": "txt2img",
-    "model": "embedded",
-    "prompt": "a red circle",
-    "negative_prompt": "blurry",
-    "num_inference_steps": 20,
-    "sampler": "Euler a",
-    "guidance_scale": 7.0,
-    "seed": 42,
-    "width": 64,
-    "height": 64,
-    "batch_size": 2,
-    "strength": 0.5,  # a field no column copies
-}
+from .conftest import _params
+
+PARAMS: dict[str, Any] = _params(strength=0.5)  # strength: a field no column copies
 
 
 def test_new_generations_and_records_share_one_list_of_fields() -> None:
