@@ -19,6 +19,12 @@ MAX_GUIDANCE = 30.0
 MAX_BATCH = 16
 MAX_PROMPT_CHARS = 10_000
 
+# Product shots (issue 20): the matte's unknown band, on each side of the mask's edge, in pixels;
+# the default is wide enough for a 2048 px photo's lens-soft edge and narrow enough for a 512 px one's detail.
+DEFAULT_MATTE_BAND, MAX_MATTE_BAND = 4, 64
+SHADOW_KINDS = ("none", "drop", "contact")
+MAX_SHADOW_PIXELS = 512  # a shadow's distance and softness
+
 
 class RequestError(ValueError):
     """Input a user can fix; the message is one sentence naming the field."""

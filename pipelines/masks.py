@@ -24,6 +24,7 @@ anything heavy is loaded. rembg is optional and imported only when used.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipelines.limits import RequestError
+from pipelines import matting
+from pipelines.limits import DEFAULT_MATTE_BAND, RequestError
 
 MASK_METHODS = ("auto", "alpha", "grabcut", "rembg")
 MASK_THRESHOLD = 127  # a mask pixel is white when above this
@@ -255,7 +257,10 @@ def _grabcut_mask(image: Image.Image) -> np.ndarray:
     if scale < 1.0:
         full = cv2.resize(white.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_LINEAR)
         white = full > MASK_THRESHOLD
-    return white
+    # 5. Move the edge to the product's true (half-covered) edge: GrabCut keeps the
+    #    anti-aliased ring as product, and a mask cut at a smaller size is off by its scale.
+    band = max(DEFAULT_MATTE_BAND, math.ceil(2 / scale))
+    return matting.refine(image, white, band)
 
 
 _METHODS = {"alpha": _alpha_mask, "grabcut": _grabcut_mask, "rembg": _rembg_mask}

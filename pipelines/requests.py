@@ -26,13 +26,17 @@ from pipelines.images import output_size
 
 # The UI and the CLI import the limits from here too, beside the requests they bound.
 from pipelines.limits import (
+    DEFAULT_MATTE_BAND,
     MAX_BATCH,
     MAX_GUIDANCE,
+    MAX_MATTE_BAND,
     MAX_PROMPT_CHARS,
     MAX_SEED,
+    MAX_SHADOW_PIXELS,
     MAX_SIZE,
     MAX_STEPS,
     MIN_SIZE,
+    SHADOW_KINDS,
     RequestError,
     names_of,
 )
@@ -386,8 +390,24 @@ class InpaintRequest(GenerationRequest):
     mask_source: str = "upload"  # how the mask was made, for the record
     width: int = 0
     height: int = 0
+    # Issue 20: the mask's edge band is matted and composited again over the new background
+    # (mask_feather then has no say); off, kept pixels are pasted back with the mask's hard edge.
+    matting: bool = True
+    matte_band: int = DEFAULT_MATTE_BAND  # pixels of unknown band on each side of the mask's edge
+    shadow: str = "none"  # a grounded shadow from the product's silhouette: none, drop or contact
+    shadow_angle: float = 90.0  # degrees it falls towards, clockwise from the right: 90 = straight down
+    shadow_distance: int = 12  # pixels
+    shadow_softness: int = 12  # pixels
+    shadow_opacity: float = 0.5
     VARIATIONS: ClassVar[bool] = False
     REFINES: ClassVar[bool] = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], images: Mapping[str, Image.Image] | None = None) -> GenerationRequest:
+        """As for every task; a record from before matting existed pasted back without it, and reruns so."""
+        if isinstance(data, dict) and "matting" not in data:
+            data = {**data, "matting": False}
+        return super().from_dict(data, images)
 
     def __post_init__(self) -> None:
         _check_image("image", self.image)
@@ -406,6 +426,16 @@ class InpaintRequest(GenerationRequest):
         if self.padding_mask_crop is not None:
             _check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIZE)
         _check_word("mask_source", self.mask_source, MASK_SOURCES)
+        if not isinstance(self.matting, bool):
+            raise RequestError(f"matting must be true or false; got {self.matting!r}.")
+        _check_int("matte_band", self.matte_band, 1, MAX_MATTE_BAND)
+        _check_word("shadow", self.shadow, SHADOW_KINDS)
+        object.__setattr__(self, "shadow_angle", _check_fraction("shadow_angle", self.shadow_angle, -360.0, 360.0))
+        _check_int("shadow_distance", self.shadow_distance, 0, MAX_SHADOW_PIXELS)
+        _check_int("shadow_softness", self.shadow_softness, 0, MAX_SHADOW_PIXELS)
+        object.__setattr__(self, "shadow_opacity", _check_fraction("shadow_opacity", self.shadow_opacity))
+        if self.shadow != "none" and not self.matting:
+            raise RequestError("shadow needs matting, which gives the silhouette it is cast from; turn matting on.")
         image, mask = self.image.image, self.mask_image.image
         if image is not None and mask is not None:
             if mask.size != image.size:

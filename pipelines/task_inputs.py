@@ -4,7 +4,8 @@
   ``resize_mode``;
 - inpainting: the product mask grown or shrunk, and every output pasted back
   onto the original so the kept pixels stay exact (a VAE round trip would
-  shift them);
+  shift them); with matting, the mask's edge band composited over the new
+  background with the product's matte, and its shadow drawn first;
 - ControlNet: the control images made by the preprocessors (kept as derived
   images for the record), with an init image and a mask in its image-to-image
   and inpainting modes.
@@ -19,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from pipelines import masks, preprocessors
+from pipelines import masks, matting, preprocessors
 from pipelines.errors import ModelError
 from pipelines.images import resize_to
 from pipelines.requests import ControlNetRequest, GenerationRequest, Img2ImgRequest, InpaintRequest
+from pipelines.shadows import Shadow
 
 # Inpainting through a ControlNet pastes back with this seam (its request has no feather field).
 CONTROLNET_INPAINT_FEATHER = 4
@@ -80,17 +83,25 @@ class TaskInputs:
     def _inpaint(cls, request: InpaintRequest) -> TaskInputs:
         original = _pixels(request.image, "image")
         region = masks.adjust(_pixels(request.mask_image, "mask_image"), request.mask_grow)
+        if request.matting:
+            # The model paints under the whole edge band too, since the band is composited over it.
+            matte = product_matte(request)
+            region = masks.invert(Image.fromarray(np.where(matte.kept, 255, 0).astype(np.uint8), mode="L"))
+
+            def finish(image: Image.Image) -> Image.Image:
+                return matting.over(original, image, matte, shadow_of(request))
+
+        else:
+
+            def finish(image: Image.Image) -> Image.Image:
+                return masks.paste_back(original, image, region, feather=request.mask_feather)
+
         size = (request.width, request.height)
         arguments = {
             "image": _rgb(original).resize(size, Image.Resampling.LANCZOS),
             "mask_image": region.resize(size, Image.Resampling.NEAREST),
         }
-        return cls(
-            mode="inpaint",
-            prompts=request.prompts,
-            arguments=arguments,
-            finish=lambda image: masks.paste_back(original, image, region, feather=request.mask_feather),
-        )
+        return cls(mode="inpaint", prompts=request.prompts, arguments=arguments, finish=finish)
 
     @classmethod
     def _controlnet(cls, request: ControlNetRequest) -> TaskInputs:
@@ -135,6 +146,25 @@ class TaskInputs:
             task.arguments["mask_image"] = resize_to(region, *size, request.resize_mode)
             task.finish = lambda image: masks.paste_back(original, image, region, feather=CONTROLNET_INPAINT_FEATHER)
         return task
+
+
+def product_matte(request: InpaintRequest) -> matting.Matte:
+    """The product's matte for an inpainting request: its (grown or shrunk) mask's edge, matted."""
+    region = masks.adjust(_pixels(request.mask_image, "mask_image"), request.mask_grow)
+    product = ~(np.asarray(region) > masks.MASK_THRESHOLD)
+    return matting.matte_of(_pixels(request.image, "image"), product, request.matte_band)
+
+
+def shadow_of(request: InpaintRequest) -> Shadow | None:
+    if request.shadow == "none":
+        return None
+    return Shadow(
+        kind=request.shadow,
+        angle=request.shadow_angle,
+        distance=request.shadow_distance,
+        softness=request.shadow_softness,
+        opacity=request.shadow_opacity,
+    )
 
 
 def _pixels(ref, name: str) -> Any:

@@ -122,6 +122,7 @@ def test_inpaint_keeps_every_product_pixel_and_repaints_the_background(engine):
                 image=ImageRef.of(photo),
                 mask_image=ImageRef.of(mask),
                 mask_feather=feather,
+                matting=False,  # a hard mask's every pixel; tests/pipelines/test_matting.py has the soft edge
                 seed=5,
                 **SETTINGS,
             )
@@ -139,6 +140,7 @@ def test_inpaint_one_image_per_prompt_line_with_the_same_seed(engine):
         prompt="a white circle on a green background\n\na white circle on a purple background\n",
         image=ImageRef.of(photo),
         mask_image=ImageRef.of(mask),
+        matting=False,
         seed=9,
         **SETTINGS,
     )
@@ -158,6 +160,7 @@ def test_inpaint_keeps_the_photo_size_when_it_is_not_a_multiple_of_8(engine):
         prompt="a red square on a white background",
         image=ImageRef.of(photo),
         mask_image=ImageRef.of(mask),
+        matting=False,
         seed=1,
         **SETTINGS,
     )
