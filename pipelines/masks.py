@@ -295,6 +295,11 @@ def product_mask(image: Image.Image, method: str = "auto") -> tuple[Image.Image,
 # --- after generation ---------------------------------------------------------
 
 
+def product_matte(image: Image.Image, background: Image.Image, *, grow: int, band: int) -> matting.Matte:
+    """The product's matte from the background mask (grown or shrunk first, as the run does)."""
+    return matting.matte_of(image, ~_white(adjust(background, grow)), band)
+
+
 def _seam_weights(region: np.ndarray, feather: int) -> np.ndarray:
     """How much of the generated image each pixel takes, from 0 to 1.
 

@@ -150,9 +150,12 @@ class TaskInputs:
 
 def product_matte(request: InpaintRequest) -> matting.Matte:
     """The product's matte for an inpainting request: its (grown or shrunk) mask's edge, matted."""
-    region = masks.adjust(_pixels(request.mask_image, "mask_image"), request.mask_grow)
-    product = ~(np.asarray(region) > masks.MASK_THRESHOLD)
-    return matting.matte_of(_pixels(request.image, "image"), product, request.matte_band)
+    return masks.product_matte(
+        _pixels(request.image, "image"),
+        _pixels(request.mask_image, "mask_image"),
+        grow=request.mask_grow,
+        band=request.matte_band,
+    )
 
 
 def shadow_of(request: InpaintRequest) -> Shadow | None:

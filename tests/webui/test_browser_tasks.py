@@ -12,7 +12,7 @@ import re
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from playwright.sync_api import Locator, Page, expect
 
 from pipelines import masks
@@ -313,3 +313,54 @@ def test_controlnet_puts_the_shape_where_the_control_image_has_it(launched, page
     x, y = reading.centre
     assert x < 0.5 < y, f"the circle is at {reading.centre}, not in the bottom-left quarter"
     gallery_lists(page, record)
+
+
+def test_product_shot_shows_its_matte_has_no_outline_and_exports_for_a_marketplace(launched, page, tmp_path):
+    """Issue 20: a studio shot on white gets a purple background without a white outline."""
+    studio, url = launched
+    size = 96
+    ss = 4
+    shape = Image.new("L", (size * ss, size * ss), 0)
+    ImageDraw.Draw(shape).ellipse((30 * ss, 24 * ss, 66 * ss, 72 * ss), fill=255)
+    coverage = np.asarray(shape.resize((size, size), Image.Resampling.BOX), np.float32)[..., None] / 255
+    photo = np.rint(np.array([246, 246, 244]) * (1 - coverage) + np.array([200, 30, 30]) * coverage).astype(np.uint8)
+    path = tmp_path / "bottle.png"
+    Image.fromarray(photo).save(path)
+    truth = coverage[..., 0] > 0.5
+    panel = open_tab(page, url, "Product background")
+
+    # 1. Uploading finds the product and shows its matte: white inside, black outside, grey at the edge.
+    upload(page, panel, "Product photo", str(path))
+    expect(panel.get_by_text("Product found by")).to_be_visible(timeout=30_000)
+    matte_img = block(panel, "Matte (white: product").locator("img")
+    expect(matte_img).to_be_visible(timeout=30_000)
+    matte = fetched(page, matte_img)[..., 0].astype(int)
+    assert matte.shape == truth.shape
+    inside = cv2.erode(truth.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    outside = ~cv2.dilate(truth.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert (matte[inside] > 235).mean() > 0.99 and (matte[outside] < 20).mean() > 0.99
+    assert ((matte > 40) & (matte < 215)).sum() > 20, "no soft edge in the matte"
+
+    # 2. A new background: the ring just outside the product is the new background's colour, not white.
+    panel.get_by_label("Background prompts (one image per line)").fill("a red circle on a purple background")
+    panel.get_by_label("Seed (-1: random)").fill("3")
+    record = generate(studio, panel)
+    assert record.params["matting"] is True and record.params["matte_band"] == DEFAULT_MATTE_BAND
+    [output] = stored(studio, record, "output")
+    outside_distance = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ring = (outside_distance > 0) & (outside_distance <= 2)
+    local = np.median(output[(outside_distance > 6) & (outside_distance <= 12)].astype(float), axis=0)
+    assert np.median(np.linalg.norm(output[ring].astype(float) - local, axis=1)) < 40, "a halo of the old backdrop"
+
+    # 3. The shot as a marketplace main image: 1000 px, pure white around the product.
+    panel.get_by_label("Marketplace preset").click()
+    page.get_by_role("option", name="white-square-1000").click()
+    panel.get_by_role("button", name="Export the first shot").click()
+    link = block(panel, "Marketplace file").locator("a").first
+    expect(link).to_be_visible(timeout=30_000)
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok
+    exported = Image.open(io.BytesIO(response.body()))
+    assert exported.size == (1000, 1000) and exported.text["atelier"]
+    corners = np.asarray(exported.convert("RGB"))[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 255).all()

@@ -1,20 +1,27 @@
-"""The Product background tab: keep the product, regenerate what is around it (API names ``/inpaint``, ``/product_mask``).
+"""The Product background tab: keep the product, regenerate what is around it
+(API names ``/inpaint``, ``/product_mask``, ``/product_matte``, ``/marketplace_file``).
 
 The product is found automatically (or painted over in the editor, magenta
-for what changes); each line of the prompt is one background. Its widgets
+for what changes); each line of the prompt is one background. Its edge band
+is matted (the matte is previewed beside the editor), a shadow can ground
+it, and a shot can be exported in a marketplace's preset. Its widgets
 become a request through ``webui.forms`` and run through the shared runner.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from pipelines import masks
+from pipelines import marketplace, masks
+from pipelines.limits import DEFAULT_MATTE_BAND, MAX_MATTE_BAND, SHADOW_KINDS
 from pipelines.requests import RequestError
+from storage.pngmeta import PngMetadataError, read_png_metadata
 from webui.forms import automatic_mask, build_request, upload
 from webui.models import model_defaults
 from webui.settings import Settings
@@ -78,6 +85,13 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         strength_value,
         *values,
         model=model,
+        matting=True,
+        matte_band=DEFAULT_MATTE_BAND,
+        shadow="none",
+        shadow_angle=90.0,
+        shadow_distance=12,
+        shadow_softness=12,
+        shadow_opacity=0.5,
     ):
         image = upload(picture, field="image")
         painted = masks.mask_from_editor(value, image.size) if isinstance(value, dict) else None
@@ -94,8 +108,49 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
             mask_feather=int(feather_px),
             padding_mask_crop=int(padding_px) or None,
             strength=float(strength_value),
+            matting=bool(matting),
+            matte_band=int(matte_band),
+            shadow=shadow,
+            shadow_angle=float(shadow_angle),
+            shadow_distance=int(shadow_distance),
+            shadow_softness=int(shadow_softness),
+            shadow_opacity=float(shadow_opacity),
             **settings_fields(list(values)),
         )
+
+    def matte_of(picture, value, grow_px, band_px):
+        image = upload(picture, field="image")
+        background = masks.mask_from_editor(value, image.size) if isinstance(value, dict) else None
+        if background is None:
+            raise gr.Error("Find or paint the product first; the matte is made from its mask.")
+        try:
+            return masks.product_matte(image, background, grow=int(grow_px), band=int(band_px))
+        except (RequestError, ValueError) as error:
+            raise gr.Error(str(error)) from None
+
+    def show_matte(picture, value, grow_px, band_px):
+        if picture is None or not isinstance(value, dict) or not value.get("layers"):
+            return None
+        return matte_of(picture, value, grow_px, band_px).mask().convert("RGB")
+
+    def export(picture, value, grow_px, band_px, shots, preset, file_format):
+        """The first shot (or, for white and cut-out presets, the product from its matte) as a file."""
+        if not shots:
+            raise gr.Error("Generate a shot first; its file carries the generation's metadata.")
+        path = shots[0][0] if isinstance(shots[0], (list, tuple)) else shots[0]
+        try:
+            text = read_png_metadata(path)
+            with Image.open(path) as opened:
+                shot = opened.convert("RGB")
+            image = upload(picture, field="image")
+            matte = None if marketplace.PRESETS[preset].kind == "web" else matte_of(picture, value, grow_px, band_px)
+            picture_out = marketplace.apply(preset, shot, image, matte)
+            data = marketplace.encode(picture_out, file_format, text)
+        except (RequestError, PngMetadataError, KeyError) as error:
+            raise gr.Error(str(error)) from None
+        target = Path(tempfile.mkdtemp(prefix="atelier-export-")) / f"{preset}.{file_format}"
+        target.write_bytes(data)
+        return str(target)
 
     # -- layout -----------------------------------------------------------
 
@@ -132,22 +187,62 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 feather = gr.Slider(0, 32, value=4, step=1, label="Feather (px, background side only)")
                 padding = gr.Slider(0, 256, value=0, step=8, label="Only the masked area, padding (0: whole image)")
                 strength = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="Strength")
+            with gr.Row():
+                matting = gr.Checkbox(value=True, label="Soft edges (matting)")
+                band = gr.Slider(1, MAX_MATTE_BAND, value=DEFAULT_MATTE_BAND, step=1, label="Edge band (px each side)")
+            with gr.Row():
+                shadow = gr.Dropdown(list(SHADOW_KINDS), value="none", label="Shadow")
+                shadow_angle = gr.Slider(0, 360, value=90, step=1, label="Shadow direction (degrees; 90: down)")
+                shadow_distance = gr.Slider(0, 128, value=12, step=1, label="Shadow distance (px)")
+                shadow_softness = gr.Slider(0, 128, value=12, step=1, label="Shadow softness (px)")
+                shadow_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Shadow opacity")
             shared = settings_widgets(defaults)
             styled = style.lora_and_reference(settings.loras_folder)
         with gr.Column(scale=5):
             outputs = outputs_panel(height=380)
             preview = gr.Image(label="What will change (magenta)", type="pil", interactive=False)
             found = gr.Markdown()
+            matte_view = gr.Image(label="Matte (white: product, grey: soft edge)", type="pil", interactive=False)
+            with gr.Row():
+                preset = gr.Dropdown(list(marketplace.PRESETS), value="white-square-2000", label="Marketplace preset")
+                file_format = gr.Dropdown(list(marketplace.FORMATS), value="png", label="File format")
+                export_button = gr.Button("Export the first shot", size="sm")
+            exported = gr.File(label="Marketplace file", interactive=False)
 
     # -- events -----------------------------------------------------------
 
+    matte_inputs = [photo, editor, grow, band]
     cleared(find_button.click, editor).then(
         find_product, inputs=[photo, method], outputs=[editor, preview, found], api_name="product_mask"
-    )
+    ).then(show_matte, inputs=matte_inputs, outputs=matte_view, api_name="product_matte")
     cleared(photo.upload, editor).then(
         find_product, inputs=[photo, method], outputs=[editor, preview, found], api_visibility="private"
+    ).then(show_matte, inputs=matte_inputs, outputs=matte_view, api_visibility="private")
+    invert_button.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private").then(
+        show_matte, inputs=matte_inputs, outputs=matte_view, api_visibility="private"
     )
-    invert_button.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
+    gr.on(
+        [band.release, grow.release],
+        show_matte,
+        inputs=matte_inputs,
+        outputs=matte_view,
+        api_visibility="private",
+    )
+    export_button.click(
+        export,
+        inputs=[*matte_inputs, outputs.images, preset, file_format],
+        outputs=exported,
+        api_name="marketplace_file",
+    )
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *shared]
-    generated = runner.wire(outputs, inputs, make, "inpaint", styled)
+    later = {
+        "matting": (matting, True),
+        "matte_band": (band, DEFAULT_MATTE_BAND),
+        "shadow": (shadow, "none"),
+        "shadow_angle": (shadow_angle, 90.0),
+        "shadow_distance": (shadow_distance, 12),
+        "shadow_softness": (shadow_softness, 12),
+        "shadow_opacity": (shadow_opacity, 0.5),
+    }
+    generated = runner.wire(outputs, inputs, make, "inpaint", styled, later)
     return TabHandles(generated=generated, negative_prompt=negative)

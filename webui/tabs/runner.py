@@ -85,19 +85,26 @@ class Runner:
         return [str(self.gallery.path(image.path)) for image in record.outputs]
 
     def image_task(
-        self, make: Callable[..., GenerationRequest], styled: dict[str, Any], count: int
+        self,
+        make: Callable[..., GenerationRequest],
+        styled: dict[str, Any],
+        count: int,
+        later: dict[str, tuple[Any, Any]] | None = None,
     ) -> Callable[..., Any]:
         """An image tab's Generate handler: build the request (bad input: one sentence, nothing written), run it."""
+        later = later or {}
 
         def run(*arguments):
             *values, request, progress = arguments
+            late = dict(zip(later, values[len(values) - len(later) :], strict=True))
+            values = values[: len(values) - len(later)]
             task_values, model_name, style_values = (
                 values[: -len(styled) - 1],
                 values[-len(styled) - 1],
                 values[-len(styled) :],
             )
             try:
-                generation = make(*task_values, model=self.model_source(model_name))
+                generation = make(*task_values, model=self.model_source(model_name), **late)
                 generation = generation.replace(**style.request_fields(**dict(zip(styled, style_values))))
             except (RequestError, ValueError, TypeError) as error:
                 raise gr.Error(str(error)) from None
@@ -121,6 +128,7 @@ class Runner:
         tail = [
             inspect.Parameter("model_name", plain, default=None),
             *(inspect.Parameter(name, plain, default=optional[name].default) for name in styled),
+            *(inspect.Parameter(name, plain, default=default) for name, (_, default) in later.items()),
         ]
         positional = [inspect.Parameter(f"value_{i}", plain) for i in range(count - len(tail))]
         run.__signature__ = inspect.Signature(
@@ -141,17 +149,20 @@ class Runner:
         make: Callable[..., GenerationRequest],
         api_name: str,
         styled: dict[str, Any] | None = None,
+        later: dict[str, tuple[Any, Any]] | None = None,
     ) -> Dependency:
         """Generate runs ``make``'s request with the tab's style controls; API inputs: the tab's, the model, style's.
 
-        Inputs added later go last, so an API client's positional call keeps working.
+        Inputs added later go last, so an API client's positional call keeps working: ``later``
+        maps a ``make`` keyword to its widget and the default an API call that leaves it out gets.
         """
         styled = styled or {}
+        later = later or {}
         # An API client may leave the model out (the studio's own model) and the style controls (none).
-        inputs = [*inputs, self.model_input(), *styled.values()]
+        inputs = [*inputs, self.model_input(), *styled.values(), *(widget for widget, _ in later.values())]
         event = gr.on(
             [panel.run.click],
-            self.image_task(make, styled, len(inputs)),
+            self.image_task(make, styled, len(inputs), later),
             inputs=inputs,
             outputs=[panel.images, panel.summary, panel.details],
             api_name=api_name,
