@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--mask-feather", type=int, default=None, help="inpaint: pixels of soft seam")
     generate.add_argument(
+        "--no-matting", action="store_true", help="inpaint: paste the product back with the mask's hard edge"
+    )
+    generate.add_argument("--matte-band", type=int, default=None, help="inpaint: pixels of matted edge on each side")
+    generate.add_argument("--shadow", default=None, help="inpaint: none, drop or contact")
+    generate.add_argument(
         "--control-image", type=Path, action="append", default=[], help="controlnet: repeat for several"
     )
     generate.add_argument(
@@ -187,6 +192,9 @@ def _generate_request(args: argparse.Namespace, settings: Settings):
         resize_mode=args.resize_mode if args.task in ("img2img", "controlnet") else None,
         mask_grow=args.mask_grow if args.task == "inpaint" else None,
         mask_feather=args.mask_feather if args.task == "inpaint" else None,
+        matting=False if args.task == "inpaint" and args.no_matting else None,
+        matte_band=args.matte_band if args.task == "inpaint" else None,
+        shadow=args.shadow if args.task == "inpaint" else None,
         loras=_loras(args.lora),
         ip_adapter_image=ImageRef.of(upload(args.reference, field="reference")) if args.reference else None,
         ip_adapter_scale=args.reference_scale,

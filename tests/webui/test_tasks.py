@@ -234,6 +234,26 @@ def test_img2img_inpaint_and_controlnet_over_the_api(launched, tmp_path):
     record = studio.gallery.get(details["id"])
     assert [classify(i).background for i in stored(studio, record, "output")] == ["green", "yellow"]
     assert record.params["mask_source"] == "grabcut"
+    assert record.params["matting"] is True and record.params["shadow"] == "none"  # a call from before issue 20
+    # Issue 20's controls come after the model and the style controls, by name.
+    _, summary, details = client.predict(
+        photo,
+        empty_editor,
+        "auto",
+        "a red square on a green background",
+        "",
+        0,
+        4,
+        0,
+        1.0,
+        *settings,
+        matte_band=3,
+        shadow="contact",
+        shadow_opacity=0.7,
+        api_name="/inpaint",
+    )
+    params = studio.gallery.get(details["id"]).params
+    assert (params["matte_band"], params["shadow"], params["shadow_opacity"]) == (3, "contact", 0.7)
 
     control = png(drawn("circle", "white", "black", cx=0.3, cy=0.7), tmp_path / "control.png")
     preview = client.predict(control, "canny", 100, 200, api_name="/control_preview")
