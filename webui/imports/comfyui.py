@@ -523,7 +523,8 @@ class _Reader:
             "add_noise": "disable",
             "start_at_step": stop,
             "return_with_leftover_noise": "disable",
-            "noise_seed": refiner.get("noise_seed"),
+            "noise_seed": refiner.get("noise_seed"),  # no noise is added, so its seed does nothing
+            "steps": steps,
             **{key: base.get(key) for key in ("cfg", "sampler_name", "scheduler")},
         }
         rest = {key: value for key, value in refiner.items() if plain.get(key, object()) != value}

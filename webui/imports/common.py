@@ -75,16 +75,26 @@ class Catalog:
         return cls(models=dict(models), loras=frozenset(loras))
 
     def model(self, name: str) -> str | None:
-        """The source of the listed model another tool's checkpoint name means, or None."""
-        wanted = {name, file_stem(name)}
+        """The source of the listed model another tool's checkpoint name means, or None.
+
+        Names match by their letters and digits alone ("flux1-dev.safetensors"
+        is "black-forest-labs/FLUX.1-dev"), as tools respell them.
+        """
+        if name in self.models.values():
+            return name
+        wanted = _key(file_stem(name))
         for listed, source in self.models.items():
-            if listed in wanted or source in wanted or file_stem(source) in wanted:
+            if wanted in (_key(listed), _key(file_stem(source))):
                 return source
         return name if loadable_model(name) else None
 
     def lora(self, name: str) -> str | None:
-        stem = file_stem(name)
-        return stem if stem in self.loras else None
+        wanted = _key(file_stem(name))
+        return next((listed for listed in sorted(self.loras) if _key(listed) == wanted), None)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower()) or name
 
 
 def file_stem(name: str) -> str:
