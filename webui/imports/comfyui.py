@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.controlnets import REGISTRY
 from pipelines.requests import MAX_CONTROLS
 from webui.imports import samplers
 from webui.imports.comfyui_graph import (
@@ -45,7 +44,7 @@ from webui.imports.common import (
     MetadataError,
     as_float,
     as_int,
-    file_stem,
+    controlnet_named,
 )
 
 
@@ -469,7 +468,7 @@ class _Reader:
             if loader and graph.kind(loader[0]) in ("ControlNetLoader", "DiffControlNetLoader"):
                 graph.mark(loader[0])
                 file = settings_of(graph.inputs(loader[0])).get("control_net_name")
-                picked = _controlnet(file) if isinstance(file, str) else None
+                picked = controlnet_named(file) if isinstance(file, str) else None
                 built.refer("controlnet", file, f"controls.{number}.controlnet", picked)
                 if picked:
                     unit["controlnet"] = picked
@@ -568,15 +567,6 @@ class _Reader:
                 file = settings_of(graph.inputs(model[0])).get("model_name")
                 built.refer("upscale model", file)
                 built.list({f"{label}: {graph.name(model[0])}": settings_of(graph.inputs(model[0]))})
-
-
-def _controlnet(file: str) -> str | None:
-    """The listed ControlNet whose weights a ComfyUI file name is, by the upstream repository's name."""
-    stem = file_stem(file).removesuffix("_fp16").lower()
-    for entry in REGISTRY.values():
-        if stem in (entry.name.lower(), entry.location.rsplit("/", 1)[-1].lower()):
-            return entry.name
-    return None
 
 
 def _is_flow(graph: Graph) -> bool:

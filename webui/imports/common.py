@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from pipelines.controlnets import REGISTRY
 from pipelines.requests import (
     GenerationRequest,
     ImageRef,
@@ -91,6 +92,15 @@ class Catalog:
     def lora(self, name: str) -> str | None:
         wanted = _key(file_stem(name))
         return next((listed for listed in sorted(self.loras) if _key(listed) == wanted), None)
+
+
+def controlnet_named(name: str) -> str | None:
+    """The listed ControlNet whose weights another tool's name is, by the upstream repository's name."""
+    wanted = _key(file_stem(name).removesuffix("_fp16"))
+    for entry in REGISTRY.values():
+        if wanted in (_key(entry.name), _key(entry.location.rsplit("/", 1)[-1])):
+            return entry.name
+    return None
 
 
 def _key(name: str) -> str:

@@ -25,7 +25,17 @@ from typing import Any
 
 from pipelines.requests import MAX_CONTROLS
 from webui.imports import samplers
-from webui.imports.common import Builder, Catalog, ImportedRequest, MetadataError, as_float, as_int, empty, json_object
+from webui.imports.common import (
+    Builder,
+    Catalog,
+    ImportedRequest,
+    MetadataError,
+    as_float,
+    as_int,
+    controlnet_named,
+    empty,
+    json_object,
+)
 
 # Settings that, at these values, mean what every run of ours does: no CLIP
 # skip, no CFG rescale, noise drawn on the CPU, no seamless tiling, no hires.
@@ -140,8 +150,12 @@ def _controlnets(built: Builder, items: Any) -> None:
         processed_name = processed.get("image_name") if isinstance(processed, dict) else None
         unit = {"preprocessor": "none", "conditioning_scale": scale, "guidance_start": start, "guidance_end": end}
         index = len(units)
-        built.refer("controlnet", name, f"controls.{index}.controlnet")
-        built.list({f"controlnets.{number}.control_model": name})
+        picked = controlnet_named(name) if isinstance(name, str) else None
+        built.refer("controlnet", name, f"controls.{index}.controlnet", picked)
+        if picked:
+            unit["controlnet"] = picked
+        else:
+            built.list({f"controlnets.{number}.control_model": name})
         built.refer("control image", processed_name or image_name or "the control image", f"controls.{index}.image")
         built.list({f"controlnets.{number}.{key}": value for key, value in item.items() if not empty(value)})
         units.append(unit)
