@@ -117,6 +117,11 @@ class _Reader:
             )
         upstream = {node_id: graph.upstream_samplers(node_id) for node_id in found}
         first = [node_id for node_id in found if not upstream[node_id]]
+        if not first and len(found) == 1:
+            raise MetadataError(
+                f"The file's ComfyUI {graph.name(found[0])} takes its latent from its own output; Atelier reads a "
+                "graph whose first sampler starts from an empty latent or an image."
+            )
         if len(first) != 1:
             raise MetadataError(
                 f"The file's ComfyUI graph has {len(found)} sampler nodes and {len(first) or 'none'} of them "
