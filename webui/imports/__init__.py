@@ -59,6 +59,8 @@ from webui.imports.files import read_file_text
 from webui.imports.fooocus import read_fooocus
 from webui.imports.invokeai import read_dream, read_invokeai, read_invokeai2
 from webui.imports.novelai import read_novelai
+from webui.models import ModelListError, studio_models
+from webui.settings import Settings
 
 __all__ = [
     "MAX_CHUNK_CHARS",
@@ -72,6 +74,7 @@ __all__ = [
     "import_png",
     "loadable_model",
     "read_file_text",
+    "studio_catalog",
 ]
 
 
@@ -113,6 +116,17 @@ def import_chunks(chunks: Mapping[str, str], catalog: Catalog | None = None) -> 
         "The file carries no generation metadata Atelier can read "
         "(Atelier, AUTOMATIC1111, ComfyUI, Fooocus, InvokeAI or NovelAI)."
     )
+
+
+def studio_catalog(settings: Settings) -> Catalog:
+    """A studio's models and LoRA names, for picking what a file names (a LoRA is its file's stem)."""
+    try:
+        models = [(entry.name, entry.source) for entry in studio_models(settings)]
+    except ModelListError:  # the model picker says what is wrong with the list; imports still read
+        models = []
+    folder = settings.loras_folder
+    loras = [path.stem for path in folder.glob("*.safetensors")] if folder.is_dir() else []
+    return Catalog.of(models=models, loras=loras)
 
 
 _KEYS = ("atelier", "invokeai_metadata", "sd-metadata", "Dream", "prompt", "parameters", "Comment")
