@@ -19,7 +19,14 @@ from webui.forms import automatic_mask, build_request, upload
 from webui.models import model_defaults
 from webui.settings import Settings
 from webui.tabs import style
-from webui.tabs.common import TabHandles, outputs_panel, settings_fields, settings_widgets, upload_image
+from webui.tabs.common import (
+    SETTINGS_FIELDS,
+    TabHandles,
+    outputs_panel,
+    settings_fields,
+    settings_widgets,
+    upload_image,
+)
 from webui.tabs.runner import Runner
 
 BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
@@ -150,4 +157,5 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
     invert_button.click(flip, inputs=[photo, editor], outputs=[editor, preview], api_visibility="private")
     inputs = [photo, editor, method, prompt, negative, grow, feather, padding, strength, *shared]
     generated = runner.wire(outputs, inputs, make, "inpaint", styled)
-    return TabHandles(generated=generated, negative_prompt=negative)
+    fields = {"prompt": prompt, "negative_prompt": negative, "strength": strength, **dict(zip(SETTINGS_FIELDS, shared))}
+    return TabHandles(generated=generated, negative_prompt=negative, fields=fields)

@@ -187,6 +187,7 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                     type="filepath",
                 )
                 import_summary = gr.Markdown()
+                send_import = gr.Button("Send to its tab", size="sm")
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
@@ -242,5 +243,12 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary], api_name="import_png"
     ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
     return TabHandles(
-        generated=generated, negative_prompt=negative_prompt, refiner_box=refiner_box, fields=fields, styles=styles
+        generated=generated,
+        negative_prompt=negative_prompt,
+        refiner_box=refiner_box,
+        fields=fields,
+        styles=styles,
+        imported=dropped,
+        send_import=send_import,
+        import_summary=import_summary,
     )
