@@ -7,7 +7,7 @@ record ids): a rerun that reproduces the pixels must reproduce the file's
 sha256 too.
 
 `read_png_metadata` is the one reader of PNG text chunks, ours or another
-tool's (webui/imports.py maps those onto a request); it takes any file a
+tool's (webui/imports/ maps those onto a request); it takes any file a
 person drops, so it checks the size in the header before decoding.
 """
 

@@ -12,6 +12,7 @@ from pipelines.errors import ModelError
 from storage import Users
 from webui.errors import GpuWorkersUnreachable
 from webui.executors import RayExecutor
+from webui.imports import MetadataError, import_file, studio_catalog
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
 from webui.models import find, studio_models
 from webui.services import build_services
@@ -100,6 +101,39 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
             api_name="send_to_tab",
         )
         app.load(gallery_view.refresh, outputs=gallery_view.outputs, queue=False, api_visibility="private")
+
+        # "Send to its tab" from an imported file: the tab of the task that made it, its fields filled,
+        # and the pictures the file could not carry asked for.
+        image_tabs = {"img2img": img2img, "inpaint": inpaint, "controlnet": controlnet}
+        targets = [(task, name, widget) for task, tab in image_tabs.items() for name, widget in tab.fields.items()]
+
+        def send_import(path):
+            if path is None:
+                return [gr.update()] * (len(targets) + 2)
+            try:
+                imported = import_file(path, studio_catalog(settings))
+            except MetadataError as error:
+                raise gr.Error(str(error)) from None
+            values = {**imported.request.to_dict(), **imported.task_fields}
+            for number, unit in enumerate(imported.task_fields.get("controls", [])):
+                values.update({f"controls.{number}.{key}": value for key, value in unit.items()})
+            needs = ", ".join(f"{ref.field} (the file used `{ref.name}`)" for ref in imported.needs)
+            note = f"Sent to **{imported.task}**." + (f" Give it: {needs}." if needs else "")
+            return (
+                [gr.Tabs(selected=imported.task)]
+                + [
+                    values[name] if task == imported.task and name in values else gr.update()
+                    for task, name, _ in targets
+                ]
+                + [note]
+            )
+
+        txt2img.send_import.click(
+            send_import,
+            inputs=txt2img.imported,
+            outputs=[tabs, *(widget for _, _, widget in targets), txt2img.import_summary],
+            api_name="send_import",
+        )
 
         def pick(name, progress=gr.Progress()):
             """Load the picked model now (with a progress message), and give the tabs its settings."""

@@ -138,7 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true")
 
-    importing = gallery_command("import", "Read the request in a PNG's metadata (Atelier, A1111, ComfyUI, InvokeAI).")
+    importing = gallery_command(
+        "import",
+        "Read the request in an image's metadata (Atelier, A1111, ComfyUI, Fooocus, InvokeAI, NovelAI; PNG, JPEG, WebP).",
+    )
     importing.add_argument("png", type=Path)
     importing.add_argument("--json", action="store_true")
 
@@ -360,6 +363,14 @@ def _print_import(imported) -> None:
     print("unmapped:" + ("" if imported.unmapped else " none"))
     for key, value in imported.unmapped.items():
         print(f"  {key}: {value}")
+    if imported.task != "txt2img":
+        print(f"task: {imported.task} {json.dumps(imported.task_fields)}")
+    print("inputs:" + ("" if imported.inputs else " none"))
+    for ref in imported.inputs:
+        found = (
+            f"picked {ref.picked}" if ref.picked else "needed" if ref in imported.needs else "not in Atelier's lists"
+        )
+        print(f"  {ref.kind}: {ref.name} ({found})")
 
 
 def _generation_ids(text: str) -> list[int] | None:
@@ -373,12 +384,12 @@ def _gallery(args: argparse.Namespace, settings: Settings) -> int:
     """The `gallery` commands: storage only, so none of them waits for torch."""
     from storage import StorageError
     from storage.export import export_board, export_zip
-    from webui.imports import MetadataError, import_png
+    from webui.imports import MetadataError, import_file, studio_catalog
     from webui.services import build_services
 
     try:
         if args.gallery_command == "import":
-            imported = import_png(args.png)
+            imported = import_file(args.png, studio_catalog(settings))
             if args.json:
                 print(imported.to_json())
             else:

@@ -184,6 +184,38 @@ def test_import_a_png_fills_the_tab_and_export_a_board(launched, tmp_path):
         assert sorted(hashlib.sha256(archive.read(name)).hexdigest() for name in pngs) == shas
 
 
+def test_send_an_imported_comfyui_img2img_to_its_tab(launched, tmp_path):
+    """The import's task picks the tab, its fields are filled, and the picture it needs is asked for."""
+    import json as json_module
+
+    from gradio_client import handle_file
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    _, url = launched
+    client = Client(url, verbose=False)
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {"seed": 99, "steps": 10, "cfg": 6, "sampler_name": "euler",
+              "scheduler": "normal", "denoise": 0.5, "model": ["4", 0], "positive": ["6", 0],
+              "negative": ["7", 0], "latent_image": ["12", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a green cube", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "10": {"class_type": "LoadImage", "inputs": {"image": "cube.png", "upload": "image"}},
+        "12": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}},
+    }  # fmt: skip
+    info = PngInfo()
+    info.add_text("prompt", json_module.dumps(graph))
+    png = tmp_path / "comfy.png"
+    Image.new("RGB", (64, 64), "green").save(png, pnginfo=info)
+
+    result = client.predict(handle_file(str(png)), api_name="/send_import")
+    note = result[-1]
+    # The img2img tab's fields come first among the image tabs': prompt, negative, strength, then the settings row.
+    assert list(result[1:11]) == ["a green cube", "blurry", 0.5, "Euler", 20, 6.0, 99, 1, 512, 512]
+    assert note == "Sent to **img2img**. Give it: image (the file used `cube.png`)."
+
+
 def test_send_to_text_to_image_brings_the_style_controls_and_the_reference(launched):
     """A record's LoRAs, variation, refiner and reference image come back with its fields, so one change is one change."""
     from PIL import Image

@@ -156,6 +156,7 @@ def test_import_prints_the_request_with_our_field_names(tmp_path, capsys) -> Non
         "refiner": None,
         "refiner_switch": 0.8,
         "unmapped": {"Model": "v1-5-pruned-emaonly", "Clip skip": "2"},
+        "inputs": [{"kind": "checkpoint", "name": "v1-5-pruned-emaonly", "field": "model", "picked": None}],
     }
 
     code, out, _ = run(capsys, "gallery", "import", str(png))
@@ -174,6 +175,8 @@ def test_import_prints_the_request_with_our_field_names(tmp_path, capsys) -> Non
         "unmapped:",
         "  Model: v1-5-pruned-emaonly",
         "  Clip skip: 2",
+        "inputs:",
+        "  checkpoint: v1-5-pruned-emaonly (not in Atelier's lists)",
     ]
 
 
@@ -185,8 +188,8 @@ def test_import_errors_are_one_line(tmp_path, capsys) -> None:
     code, out, err = run(capsys, "gallery", "import", str(plain))
     assert (code, out) == (2, "")
     assert err == (
-        "atelier: The PNG carries no generation metadata Atelier can read "
-        "(Atelier, AUTOMATIC1111, ComfyUI or InvokeAI).\n"
+        "atelier: The file carries no generation metadata Atelier can read "
+        "(Atelier, AUTOMATIC1111, ComfyUI, Fooocus, InvokeAI or NovelAI).\n"
     )
     for name in ("notes.png", "missing.png"):
         code, out, err = run(capsys, "gallery", "import", str(tmp_path / name))

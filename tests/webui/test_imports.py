@@ -247,7 +247,10 @@ def test_comfyui_ksampler_with_linked_prompts_latent_and_checkpoint() -> None:
     }
     assert imported.unmapped == {
         "CheckpointLoaderSimple#4.ckpt_name": "v1-5-pruned-emaonly.safetensors",
-        "LoraLoader#10": '{"lora_name": "detail.safetensors", "strength_clip": 1, "strength_model": 0.8}',
+        # Not in Atelier's LoRA folder: listed, and named among the inputs.
+        "LoraLoader#10.lora_name": "detail.safetensors",
+        "LoraLoader#10.strength_model": "0.8",
+        "LoraLoader#10.strength_clip": "1",
     }
 
 
@@ -321,14 +324,14 @@ def test_comfyui_two_pass_graph_reads_the_first_pass_and_lists_the_second() -> N
     imported = import_chunks({"prompt": json.dumps(graph)})
 
     assert (imported.request.seed, imported.request.width, imported.request.height) == (7, 512, 640)
-    assert json.loads(imported.unmapped["KSamplerAdvanced#12"])["noise_seed"] == 8
-    assert json.loads(imported.unmapped["LatentUpscale#11"])["width"] == 1024
+    assert json.loads(imported.unmapped["hires fix: KSamplerAdvanced#12"])["noise_seed"] == 8
+    assert json.loads(imported.unmapped["hires fix: LatentUpscale#11"])["width"] == 1024
 
 
 def test_comfyui_graph_with_two_first_passes_is_refused() -> None:
     graph = comfy_graph()
     graph["13"] = {**graph["3"], "inputs": {**graph["3"]["inputs"], "seed": 2}}
-    with pytest.raises(MetadataError, match="has 2 KSampler nodes and 2 of them start from an EmptyLatentImage"):
+    with pytest.raises(MetadataError, match="has 2 sampler nodes and 2 of them start from an empty latent or an image"):
         import_chunks({"prompt": json.dumps(graph)})
 
 
@@ -354,7 +357,10 @@ def test_comfyui_prompt_through_a_controlnet_node() -> None:
     imported = import_chunks({"prompt": json.dumps(graph)})
 
     assert imported.request.prompt == "a castle on a hill, sunrise"
-    assert imported.unmapped["ControlNetApply#20"] == '{"strength": 0.9}'
+    assert imported.task == "controlnet"
+    assert imported.task_fields["controls"] == [
+        {"preprocessor": "none", "conditioning_scale": 0.9, "guidance_start": 0.0, "guidance_end": 1.0}
+    ]
 
 
 # --- InvokeAI ----------------------------------------------------------------
@@ -407,7 +413,6 @@ def test_invokeai_metadata() -> None:
         "model.hash": "blake3:9e1f",
         "model.base": "sd-1",
         "model.type": "main",
-        "seamless_x": "false",
         "app_version": "4.2.4",
     }
 
@@ -418,15 +423,13 @@ def test_invokeai_3_model_and_other_modes_are_listed() -> None:
     imported = import_chunks({"invokeai_metadata": json.dumps(meta)})
 
     assert imported.request.sampler == DEFAULTS.sampler
+    assert (imported.task, imported.task_fields) == ("img2img", {"strength": 0.75})
     assert imported.unmapped == {
         "scheduler": "euler_k",
         "model": "sd-1.5",
         "model.base_model": "sd-1",
-        "generation_mode": "img2img",
         "clip_skip": "2",
-        "seamless_x": "false",
         "app_version": "4.2.4",
-        "strength": "0.75",
     }
 
 
@@ -472,6 +475,9 @@ def test_to_json_is_our_field_names_plus_source_and_unmapped() -> None:
 
     assert data.pop("source") == "automatic1111"
     assert data.pop("unmapped") == imported.unmapped
+    assert data.pop("inputs") == [
+        {"kind": "checkpoint", "name": "v1-5-pruned-emaonly", "field": "model", "picked": None}
+    ]
     assert request_from_dict(data) == imported.request
 
 
@@ -482,7 +488,8 @@ def test_png_without_known_metadata() -> None:
     with pytest.raises(MetadataError) as raised:
         import_png(png(Software="GIMP", prompt="not json, just words"))
     assert str(raised.value) == (
-        "The PNG carries no generation metadata Atelier can read (Atelier, AUTOMATIC1111, ComfyUI or InvokeAI)."
+        "The file carries no generation metadata Atelier can read "
+        "(Atelier, AUTOMATIC1111, ComfyUI, Fooocus, InvokeAI or NovelAI)."
     )
 
 
@@ -499,9 +506,9 @@ def test_png_without_known_metadata() -> None:
         ({"atelier": '{"task": "txt2img", "prompt": "a", "eta": 1}'}, "Text2ImgRequest has no field eta"),
         ({"atelier": '{"task": "txt2img", "prompt": "a", "image_seed": "3"}'}, "image_seed must be a whole number"),
         ({"atelier": '{"task": "txt2img", "prompt": "a", "guidance_scale": NaN}'}, "guidance_scale must be a number"),
-        ({"prompt": '{"1": 5}'}, "Node '1' of the PNG's ComfyUI graph has no class_type"),
+        ({"prompt": '{"1": 5}'}, "Node '1' of the file's ComfyUI graph has no class_type"),
         ({"prompt": '{"1": {"class_type": "KSampler", "inputs": []}}'}, "has no inputs object"),
-        ({"prompt": '{"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a"}}}'}, "has no KSampler or"),
+        ({"prompt": '{"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a"}}}'}, "has no sampler node"),
         ({"parameters": "a" * (MAX_CHUNK_CHARS + 1)}, "Atelier reads at most 1,000,000"),
     ],
 )
@@ -516,7 +523,7 @@ def test_comfyui_link_cycles_and_wrong_links_end() -> None:
     graph = comfy_graph(positive=["20", 0], negative=[{"x": 1}, 0], latent_image="5", model=["404", 0])
     graph["20"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning": ["21", 0]}}
     graph["21"] = {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["20", 0]}}
-    with pytest.raises(MetadataError, match="does not take its positive input from a CLIPTextEncode"):
+    with pytest.raises(MetadataError, match="does not take its positive input from a text encoder"):
         import_chunks({"prompt": json.dumps(graph)})
 
     graph["20"]["inputs"]["conditioning"] = ["6", 0]
@@ -546,15 +553,16 @@ def test_long_unmapped_values_are_shortened() -> None:
     [
         (b"", "not an image Atelier can read"),
         (b"\x89PNG\r\n\x1a\n garbage", "not an image Atelier can read"),
-        ("jpeg", "is a JPEG image; Atelier reads metadata from PNG files only"),
+        ("jpeg", "The file carries no generation metadata"),  # a JPEG without EXIF
+        ("gif", "is a GIF image; Atelier reads metadata from PNG, JPEG and WebP files"),
         ("truncated", "The PNG is damaged"),
         ("huge", "Atelier reads at most 67,108,864 pixels"),
     ],
 )
 def test_files_that_are_not_readable_pngs(data: bytes | str, message: str) -> None:
-    if data == "jpeg":
+    if data in ("jpeg", "gif"):
         buffer = io.BytesIO()
-        Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+        Image.new("RGB", (8, 8)).save(buffer, format=data.upper())
         data = buffer.getvalue()
     elif data == "truncated":
         whole = encode_png(Image.effect_noise((256, 256), 50).convert("RGB"), text={"parameters": "a"})

@@ -28,6 +28,14 @@ class TabHandles:
     # The request fields a gallery record fills when sent to this tab, and the style controls besides.
     fields: dict[str, gr.components.Component] = field(default_factory=dict)
     styles: dict[str, gr.components.Component] = field(default_factory=dict)
+    # The Text to image tab's imported file and its "Send to its tab" button (webui/app.py wires it).
+    imported: gr.File | None = None
+    send_import: gr.Button | None = None
+    import_summary: gr.Markdown | None = None
+
+
+# Request field names of `settings_widgets`, in its order: what an import fills in an image tab.
+SETTINGS_FIELDS = ("sampler", "num_inference_steps", "guidance_scale", "seed", "batch_size", "width", "height")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,14 @@ from webui.forms import build_request, default_controlnet, upload
 from webui.models import model_defaults
 from webui.settings import Settings
 from webui.tabs import style
-from webui.tabs.common import TabHandles, outputs_panel, settings_fields, settings_widgets, upload_image
+from webui.tabs.common import (
+    SETTINGS_FIELDS,
+    TabHandles,
+    outputs_panel,
+    settings_fields,
+    settings_widgets,
+    upload_image,
+)
 from webui.tabs.runner import Runner
 
 
@@ -167,4 +174,13 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         *shared,
     ]
     generated = runner.wire(outputs, inputs, make, "controlnet", styled)
-    return TabHandles(generated=generated, negative_prompt=negative)
+    fields = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "strength": strength,
+        "controls.0.conditioning_scale": scale,
+        "controls.0.guidance_start": start,
+        "controls.0.guidance_end": end,
+        **dict(zip(SETTINGS_FIELDS, shared)),
+    }
+    return TabHandles(generated=generated, negative_prompt=negative, fields=fields)

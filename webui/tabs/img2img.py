@@ -14,7 +14,15 @@ from webui.forms import build_request, upload
 from webui.models import model_defaults
 from webui.settings import Settings
 from webui.tabs import style
-from webui.tabs.common import TabHandles, model_family, outputs_panel, settings_fields, settings_widgets, upload_image
+from webui.tabs.common import (
+    SETTINGS_FIELDS,
+    TabHandles,
+    model_family,
+    outputs_panel,
+    settings_fields,
+    settings_widgets,
+    upload_image,
+)
 from webui.tabs.runner import Runner
 
 
@@ -57,4 +65,5 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
 
     inputs = [image, prompt, negative, strength, resize_mode, *shared]
     generated = runner.wire(outputs, inputs, make, "img2img", styled)
-    return TabHandles(generated=generated, negative_prompt=negative, refiner_box=refiner_box)
+    fields = {"prompt": prompt, "negative_prompt": negative, "strength": strength, **dict(zip(SETTINGS_FIELDS, shared))}
+    return TabHandles(generated=generated, negative_prompt=negative, refiner_box=refiner_box, fields=fields)

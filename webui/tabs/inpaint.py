@@ -26,7 +26,14 @@ from webui.forms import automatic_mask, build_request, upload
 from webui.models import model_defaults
 from webui.settings import Settings
 from webui.tabs import style
-from webui.tabs.common import TabHandles, outputs_panel, settings_fields, settings_widgets, upload_image
+from webui.tabs.common import (
+    SETTINGS_FIELDS,
+    TabHandles,
+    outputs_panel,
+    settings_fields,
+    settings_widgets,
+    upload_image,
+)
 from webui.tabs.runner import Runner
 
 BRUSH = "#ff00ff"  # the regenerated region, in the editor and the preview
@@ -245,4 +252,5 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         "shadow_opacity": (shadow_opacity, 0.5),
     }
     generated = runner.wire(outputs, inputs, make, "inpaint", styled, later)
-    return TabHandles(generated=generated, negative_prompt=negative)
+    fields = {"prompt": prompt, "negative_prompt": negative, "strength": strength, **dict(zip(SETTINGS_FIELDS, shared))}
+    return TabHandles(generated=generated, negative_prompt=negative, fields=fields)

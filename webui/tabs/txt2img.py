@@ -16,7 +16,7 @@ from pipelines.requests import (
     random_seed,
 )
 from pipelines.samplers import SAMPLER_NAMES
-from webui.imports import MetadataError, import_png
+from webui.imports import MetadataError, import_file, studio_catalog
 from webui.models import model_defaults
 from webui.settings import Settings
 from webui.tabs import style
@@ -129,15 +129,18 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         yield paths, summary, record_details(last), first.seed
 
     def import_parameters(path: str | None) -> list:
-        """Fill every field from a PNG's metadata (Atelier, AUTOMATIC1111, ComfyUI, InvokeAI)."""
+        """Fill every field from an image's metadata (webui/imports reads which tool wrote it)."""
         if path is None:
             return [gr.update()] * (len(FIELDS) + 1)
         try:
-            imported = import_png(path)
+            imported = import_file(path, studio_catalog(settings))
         except MetadataError as error:
             raise gr.Error(str(error)) from None
         read = imported.request
         message = f"Read **{imported.source}** parameters; seed {read.seed}."
+        if imported.task != "txt2img":
+            wanted = ", ".join(f"{ref.field} (`{ref.name}`)" for ref in imported.needs)
+            message += f" Made by **{imported.task}** {imported.task_fields}: that tab needs {wanted or 'its inputs'}."
         if imported.unmapped:
             listed = "; ".join(f"{key}: `{value[:80]}`" for key, value in imported.unmapped.items())
             message += f" Not used (no equivalent here): {listed}"
@@ -148,7 +151,7 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
     def import_styles(path: str | None) -> list:
         """The style controls from the same PNG (LoRAs, variation, refiner); a PNG carries no reference image."""
         try:
-            params = import_png(path).request.to_dict() if path is not None else None
+            params = import_file(path, studio_catalog(settings)).request.to_dict() if path is not None else None
         except MetadataError:  # import_parameters has said why
             params = None
         if params is None:
@@ -179,9 +182,12 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
             with gr.Accordion("Import a PNG's parameters", open=False):
                 dropped = gr.File(
-                    label="PNG from Atelier, AUTOMATIC1111, ComfyUI or InvokeAI", file_types=[".png"], type="filepath"
+                    label="Image from Atelier, AUTOMATIC1111, ComfyUI, Fooocus, InvokeAI or NovelAI",
+                    file_types=[".png", ".jpg", ".jpeg", ".webp"],
+                    type="filepath",
                 )
                 import_summary = gr.Markdown()
+                send_import = gr.Button("Send to its tab", size="sm")
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
@@ -237,5 +243,12 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         import_parameters, inputs=dropped, outputs=[*fields.values(), import_summary], api_name="import_png"
     ).then(import_styles, inputs=dropped, outputs=[*styles.values()], queue=False, api_visibility="private")
     return TabHandles(
-        generated=generated, negative_prompt=negative_prompt, refiner_box=refiner_box, fields=fields, styles=styles
+        generated=generated,
+        negative_prompt=negative_prompt,
+        refiner_box=refiner_box,
+        fields=fields,
+        styles=styles,
+        imported=dropped,
+        send_import=send_import,
+        import_summary=import_summary,
     )
