@@ -326,6 +326,12 @@ def _split_a1111(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt).strip(), "\n".join(negative).strip(), settings
 
 
+def parse_a1111(text: str) -> dict[str, str]:
+    """A `parameters` text as A1111's png-info answers it: "Prompt", "Negative prompt", then each setting as written."""
+    prompt, negative, settings = _split_a1111(text)
+    return {"Prompt": prompt, "Negative prompt": negative, **settings}
+
+
 def _from_automatic1111(text: str) -> ImportedRequest:
     prompt, negative, settings = _split_a1111(text)
     built = _Builder("automatic1111", prompt)
