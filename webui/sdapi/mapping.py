@@ -377,10 +377,11 @@ def _unsupported(body: GenerationBody) -> dict[str, str]:
         value = getattr(body, name)
         if value is not None and value != plain and not (name == "s_tmax" and value == float("inf")):
             notes[name] = "Atelier's samplers take no sigma-churn settings."
-    if body.eta is not None:
-        own = 1.0 if (body.sampler_name or body.sampler_index or "").endswith(" a") else 0.0
-        if body.eta != own:
-            notes["eta"] = f"Atelier's sampler runs at its own eta ({own:g})."
+    # eta only moves ancestral samplers and DDIM, in A1111 as here; those run at their usual eta.
+    sampler = body.sampler_name or body.sampler_index or ""
+    own = 1.0 if sampler.endswith(" a") else 0.0 if sampler.startswith("DDIM") else None
+    if body.eta is not None and own is not None and body.eta != own:
+        notes["eta"] = f"{sampler} runs at eta {own:g} in Atelier."
     if body.script_name:
         notes["script_name"] = f"A1111 scripts ({body.script_name}) do not run in Atelier."
     for name, script in (body.alwayson_scripts or {}).items():
