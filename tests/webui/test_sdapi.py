@@ -347,3 +347,37 @@ def test_not_json_and_unknown_routes(raw, launched) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     schema = httpx.get(f"{url}openapi.json").json()
     assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info"} <= set(schema["paths"])
+
+
+def test_inpainting_only_the_masked_area_and_controlnet_inpainting(launched, raw) -> None:
+    studio, _ = launched
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    base = {"init_images": [b64(photo())], "mask": b64(mask), "prompt": "a green background", "steps": 2, "seed": 1}
+
+    cropped = raw.post("img2img", json={**base, "inpaint_full_res": True, "inpaint_full_res_padding": 8})
+    assert cropped.status_code == 200, cropped.text
+    assert studio.gallery.get(cropped.json()["generation_id"]).params["padding_mask_crop"] == 8
+
+    unit = {"module": "canny", "model": "control_v11p_sd15_canny", "weight": 0.5}  # the extension's file name
+    steered = raw.post(
+        "img2img",
+        json={**base, "alwayson_scripts": {"ControlNet": {"args": [{**unit, "model": "embedded-canny"}]}}},
+    )
+    assert steered.status_code == 200, steered.text
+    record = studio.gallery.get(steered.json()["generation_id"])
+    assert record.task == "controlnet" and {"input", "mask", "control_source"} <= {i.role for i in record.images}
+    assert record.params["controls"][0]["conditioning_scale"] == 0.5
+    assert_reruns_identically(studio, record.id)
+
+
+def test_variation_seeds_from_subseed(launched, raw) -> None:
+    body = {"prompt": PROMPT, "steps": 2, "width": 64, "height": 64, "seed": 2, "batch_size": 2, "n_iter": 2}
+    varied = raw.post("txt2img", json={**body, "subseed": 5, "subseed_strength": 0.3}).json()
+    info = json.loads(varied["info"])
+    assert (info["all_seeds"], info["all_subseeds"], info["subseed_strength"]) == ([2, 3, 4, 5], [5, 6, 7, 8], 0.3)
+    assert "Variation seed: 8" in info["infotexts"][3]
+    # Strength 0 gives exactly the seed's own image; 1 the variation seed's.
+    plain = raw.post("txt2img", json=body).json()
+    assert raw.post("txt2img", json={**body, "subseed": 5, "subseed_strength": 0.0}).json()["images"] == plain["images"]
+    assert varied["images"] != plain["images"]

@@ -108,11 +108,11 @@ def units(
     model: str,
     init_image: Image.Image | None,
     notes: dict[str, str],
-) -> tuple[list[ControlUnit], str]:
-    """The enabled units as ControlUnits, and the resize mode they asked for (the first unit's)."""
+) -> tuple[list[ControlUnit], str | None]:
+    """The enabled units as ControlUnits, and the resize mode the first one asked for (None: it did not say)."""
     args = script_args(alwayson_scripts)
     found: list[ControlUnit] = []
-    resize = "crop"  # the extension's default, "Crop and Resize"
+    resize: str | None = None
     for index, unit in enumerate(args or []):
         where = f"alwayson_scripts.controlnet.args[{index}]"
         if unit is None:
@@ -124,7 +124,7 @@ def units(
         control, unit_resize = _unit(unit, where, model=model, init_image=init_image, notes=notes)
         if not found:
             resize = unit_resize
-        elif unit_resize != resize:
+        elif unit_resize != resize and unit_resize is not None:
             notes[f"{where}.resize_mode"] = "every unit is resized as the first one is."
         found.append(control)
     if len(found) > MAX_CONTROLS:
@@ -134,7 +134,7 @@ def units(
 
 def _unit(
     unit: dict[str, Any], where: str, *, model: str, init_image: Image.Image | None, notes: dict[str, str]
-) -> tuple[ControlUnit, str]:
+) -> tuple[ControlUnit, str | None]:
     # 1. The image: the unit's own, else (img2img) the init image, as the extension does.
     source = unit.get("image") if unit.get("image") is not None else unit.get("input_image")
     if isinstance(source, dict):  # the extension's older {"image": ..., "mask": ...} form
@@ -159,8 +159,8 @@ def _unit(
     # 3. The ControlNet model.
     controlnet = _controlnet(unit.get("model"), where, model=model, preprocessor=name, notes=notes)
     # 4. How hard and when it steers.
-    mode = RESIZE_MODES.get(str(unit.get("resize_mode", "Crop and Resize")).strip().lower())
-    if mode is None:
+    mode = RESIZE_MODES.get(str(unit["resize_mode"]).strip().lower()) if "resize_mode" in unit else None
+    if mode is None and "resize_mode" in unit:
         raise RequestError(
             f"{where}.resize_mode must be Just Resize, Crop and Resize or Resize and Fill; got {unit['resize_mode']!r}."
         )

@@ -149,7 +149,10 @@ def prompt_loras(prompt: str, *, apply: bool) -> tuple[str, list[tuple[str, floa
         if len(weights) > 1:
             notes[f"prompt {match[0]}"] = "Atelier gives a LoRA one weight; the first was used for all its layers."
         loras.append((name, weight))
-    cleaned = re.sub(r"\s*,\s*,", ",", _LORA.sub("", prompt)).strip().strip(",").strip()
+    cleaned = prompt
+    if loras:  # the commas and spaces that stood around a tag go with it; other prompts stay as written
+        cleaned = re.sub(r"(?:\s*,)+", ",", _LORA.sub(" ", prompt))
+        cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip().strip(",").strip()
     if not apply and loras:
         notes["disable_extra_networks"] = "the <lora:...> tags were removed from the prompt and not applied."
         loras = []
@@ -181,7 +184,10 @@ def txt2img(body: Txt2ImgBody, context: Context) -> Plan:
     units, resize_mode = controlnet.units(body.alwayson_scripts, model=fields["model"], init_image=None, notes=notes)
     if units:
         size = {"width": fields.pop("width"), "height": fields.pop("height")}
-        first = _build(ControlNetRequest, notes, controls=tuple(units), resize_mode=resize_mode, **size, **fields)
+        # The extension's default is "Crop and Resize".
+        first = _build(
+            ControlNetRequest, notes, controls=tuple(units), resize_mode=resize_mode or "crop", **size, **fields
+        )
     else:
         first = _build(Text2ImgRequest, notes, **fields)
     return Plan(_batches(first, body.n_iter), model, notes)
@@ -212,7 +218,7 @@ def img2img(body: Img2ImgBody, context: Context) -> Plan:
         notes["latent_mask"] = "Atelier inpaints with the one mask."
     units, unit_resize = controlnet.units(body.alwayson_scripts, model=fields["model"], init_image=image, notes=notes)
     if units:
-        if unit_resize != resize_mode:
+        if unit_resize not in (None, resize_mode):
             notes["alwayson_scripts.controlnet resize_mode"] = "the control images are resized as init_images are."
         if mask is not None:
             _mask_notes(body, notes, reason="ControlNet inpainting uses the mask as it is")

@@ -79,6 +79,11 @@ class SdApi:
         with self._lock:
             return self._models.get(user, self.settings.model)
 
+    def pick_model(self, user: str, source: str) -> None:
+        """The model this user's later API calls use (POST options); kept in memory, as A1111 keeps its setting."""
+        with self._lock:
+            self._models[user] = source
+
     def context(self, user: str) -> mapping.Context:
         return mapping.Context(models=self.models(), current_model=self.current_model(user))
 
@@ -195,8 +200,7 @@ def build_router(studio: Studio, users: Users, *, accounts: bool) -> APIRouter:
             with answers():
                 entry = mapping.find_model(api.models(), options["sd_model_checkpoint"], "sd_model_checkpoint")
                 resolve_source(entry.source)
-            with api._lock:
-                api._models[user] = entry.source
+            api.pick_model(user, entry.source)
             applied["sd_model_checkpoint"] = entry.name
         ignored = {key: "Atelier has no such setting." for key in options if key != "sd_model_checkpoint"}
         return {"applied": applied, "not_supported": ignored}
