@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import socket
 import threading
 import time
 import zlib
@@ -381,3 +382,29 @@ def test_variation_seeds_from_subseed(launched, raw) -> None:
     plain = raw.post("txt2img", json=body).json()
     assert raw.post("txt2img", json={**body, "subseed": 5, "subseed_strength": 0.0}).json()["images"] == plain["images"]
     assert varied["images"] != plain["images"]
+
+
+def test_a_body_too_large_is_refused_before_it_is_read(launched) -> None:
+    from webui.sdapi import MAX_BODY_BYTES
+
+    _, url = launched
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        # Only the headers: a server that waited for the body would never answer.
+        connection.sendall(
+            b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        answer = connection.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and "request body must be at most" in answer
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(raw, monkeypatch) -> None:
+    import webui.sdapi
+
+    monkeypatch.setattr(webui.sdapi, "MAX_BODY_BYTES", 10_000)  # the server runs in this process
+    body = (b'{"prompt": "' + b"a" * 1000 for _ in range(20))  # no length: sent chunked
+
+    response = raw.post("txt2img", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413 and "10,000 bytes" in response.json()["detail"]

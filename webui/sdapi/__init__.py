@@ -22,16 +22,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storage import Users
 from webui.sdapi.routes import build_router
 from webui.studio import Studio
 
 API_PATHS = ("/sdapi/", "/controlnet/")
+# Three images at the image door's limit, in base64, and room for the rest of a body.
+MAX_BODY_BYTES = 320 * 1024 * 1024
 
 
 def app_kwargs(studio: Studio, users: Users, *, accounts: bool) -> dict[str, Any]:
@@ -40,7 +45,48 @@ def app_kwargs(studio: Studio, users: Users, *, accounts: bool) -> dict[str, Any
         "routes": build_router(studio, users, accounts=accounts).routes,
         "docs_url": "/docs",
         "exception_handlers": {RequestValidationError: _malformed},
+        "middleware": [Middleware(BodyLimit)],
     }
+
+
+class BodyLimit:
+    """Refuses an API body over MAX_BODY_BYTES with 413, from its Content-Length before reading it, else as it streams.
+
+    FastAPI reads a route's whole body before any dependency runs, so the
+    limit sits in front of the app. Gradio's own routes have their own limits.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PATHS):
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await _too_large()(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            # A body without a length (chunked) is counted as it comes; FastAPI answers the HTTPException.
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise HTTPException(status_code=413, detail=_too_large_detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large() -> JSONResponse:
+    return JSONResponse(status_code=413, content={"detail": _too_large_detail()})
+
+
+def _too_large_detail() -> str:
+    return f"The request body must be at most {MAX_BODY_BYTES:,} bytes."
 
 
 async def _malformed(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -185,11 +185,9 @@ def txt2img(body: Txt2ImgBody, context: Context) -> Plan:
     if units:
         size = {"width": fields.pop("width"), "height": fields.pop("height")}
         # The extension's default is "Crop and Resize".
-        first = _build(
-            ControlNetRequest, notes, controls=tuple(units), resize_mode=resize_mode or "crop", **size, **fields
-        )
+        first = _build(ControlNetRequest, controls=tuple(units), resize_mode=resize_mode or "crop", **size, **fields)
     else:
-        first = _build(Text2ImgRequest, notes, **fields)
+        first = _build(Text2ImgRequest, **fields)
     return Plan(_batches(first, body.n_iter), model, notes)
 
 
@@ -225,7 +223,6 @@ def img2img(body: Img2ImgBody, context: Context) -> Plan:
         ref = ImageRef.of(image)
         first = _build(
             ControlNetRequest,
-            notes,
             controls=tuple(units),
             image=ref,
             mask_image=ImageRef.of(mask) if mask is not None else None,
@@ -234,7 +231,7 @@ def img2img(body: Img2ImgBody, context: Context) -> Plan:
         )
         return Plan(_batches(first, body.n_iter), model, notes)
     if mask is None:
-        first = _build(Img2ImgRequest, notes, image=ImageRef.of(image), resize_mode=resize_mode, **fields)
+        first = _build(Img2ImgRequest, image=ImageRef.of(image), resize_mode=resize_mode, **fields)
         return Plan(_batches(first, body.n_iter), model, notes)
     # Inpainting keeps every pixel outside the mask at the photo's own size: A1111 first brings the
     # image to width x height, so the same is done here, and the result is that size.
@@ -250,7 +247,6 @@ def img2img(body: Img2ImgBody, context: Context) -> Plan:
         notes["inpainting_fill"] = "Atelier's inpainting starts from the original pixels (A1111's 1, original)."
     first = _build(
         InpaintRequest,
-        notes,
         image=ImageRef.of(image),
         mask_image=ImageRef.of(mask),
         mask_source="upload",
@@ -319,7 +315,7 @@ def _seed(value: int, name: str) -> int:
     return value
 
 
-def _build(kind: type[GenerationRequest], notes: dict[str, str], **fields: Any) -> GenerationRequest:
+def _build(kind: type[GenerationRequest], **fields: Any) -> GenerationRequest:
     try:
         return kind(**fields)
     except RequestError as error:

@@ -53,8 +53,12 @@ def answers() -> Iterator[None]:
     """What the studio refuses, as the HTTP answer A1111 clients understand: a status and a `detail`."""
     try:
         yield
-    except (RequestError, ModelError, ControlNetNotFound, ModelListError) as error:
+    except lora.LoraError as error:  # found in the prompt's <lora:...> tags
+        raise HTTPException(status_code=422, detail=f"prompt: {error}") from None
+    except (RequestError, ModelError, ControlNetNotFound) as error:
         raise HTTPException(status_code=422, detail=mapping.a1111_message(str(error))) from None
+    except ModelListError as error:  # the studio's own models.json, not the client's doing
+        raise HTTPException(status_code=500, detail=str(error)) from None
     except QueueFull as error:
         raise HTTPException(status_code=503, detail=str(error), headers={"Retry-After": "30"}) from None
     except (JobFailed, StudioError, StorageError) as error:
