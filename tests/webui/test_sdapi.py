@@ -408,3 +408,30 @@ def test_a_chunked_body_is_cut_off_at_the_limit(raw, monkeypatch) -> None:
     response = raw.post("txt2img", content=body, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 413 and "10,000 bytes" in response.json()["detail"]
+
+
+def test_a_model_picked_by_options_is_used_and_recorded(launched, api, raw) -> None:
+    from pipelines import embedded
+
+    studio, _ = launched
+    models_file = studio.settings.data_dir / "models.json"
+    # The same weights under another name, as a folder: a second model the list offers.
+    models_file.write_text(json.dumps([{"name": "Embedded copy", "source": str(embedded.FOLDER), "family": "sd",
+                                        "sampler": "Euler", "num_inference_steps": 2, "width": 64, "height": 64}]))  # fmt: skip
+    try:
+        assert "Embedded copy" in api.util_get_model_names()
+        body = {"prompt": PROMPT, "seed": 21, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler"}
+        before = raw.post("txt2img", json=body).json()
+
+        api.util_set_model("Embedded copy", find_closest=False)
+        assert api.util_get_current_model() == "Embedded copy"
+        after = raw.post("txt2img", json=body).json()
+
+        record = studio.gallery.get(after["generation_id"])
+        assert record.model == str(embedded.FOLDER)
+        assert json.loads(after["info"])["sd_model_name"] == "Embedded copy"
+        assert studio.gallery.get(before["generation_id"]).model == "embedded"
+        assert_reruns_identically(studio, record.id)
+    finally:
+        api.util_set_model("embedded", find_closest=False)
+        models_file.unlink()
