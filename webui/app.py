@@ -10,6 +10,7 @@ import gradio as gr
 
 from pipelines.errors import ModelError
 from storage import Users
+from webui import sdapi
 from webui.errors import GpuWorkersUnreachable
 from webui.executors import RayExecutor
 from webui.imports import MetadataError, import_file, studio_catalog
@@ -208,6 +209,7 @@ def launch(
     if users is None:  # a studio on its own (a test): its accounts through a connection of their own
         users = Users(url=settings.gallery_url)
     app = build_app(studio, users)
+    accounts = bool(users.count_users())
     # Queued jobs run from now on, those left from before a restart first.
     studio.workers.start()
     app.launch(
@@ -225,8 +227,10 @@ def launch(
         css=CSS,
         # With accounts, every page, file and API route wants a login; without,
         # the studio is single-user, as it was before accounts existed.
-        auth=_login(users) if users.count_users() else None,
+        auth=_login(users) if accounts else None,
         auth_message="Log in with your Atelier account.",
+        # The AUTOMATIC1111-compatible API (/sdapi/v1, /docs) on the same server, there before it answers anyone.
+        app_kwargs=sdapi.app_kwargs(studio, users, accounts=accounts),
     )
     return app
 

@@ -54,6 +54,12 @@ def split(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt).strip(), "\n".join(negative).strip(), settings
 
 
+def parse_a1111(text: str) -> dict[str, str]:
+    """A `parameters` text as A1111's png-info answers it: "Prompt", "Negative prompt", then each setting as written."""
+    prompt, negative, settings = split(text)
+    return {"Prompt": prompt, "Negative prompt": negative, **settings}
+
+
 def read_a1111(text: str, catalog: Catalog | None = None, *, source: str = "automatic1111") -> ImportedRequest:
     prompt, negative, settings = split(text)
     tags = _LORA_TAG.findall(prompt)
