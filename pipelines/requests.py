@@ -33,15 +33,23 @@ from pipelines.limits import (
     MAX_SIZE,
     MAX_STEPS,
     MIN_SIZE,
+    SEED_RANGE_32,
     RequestError,
     names_of,
+    seed_plus,
 )
 from pipelines.samplers import SAMPLER_NAMES
 
 
 def random_seed() -> int:
-    """A seed for "surprise me"; recorded like any other, so it can be reused."""
-    return secrets.randbelow(MAX_SEED + 1)
+    """A seed for "surprise me"; recorded like any other, so it can be reused.
+
+    Drawn below 2**32 although seeds go to 2**64 - 1: torch's CPU generator,
+    which draws every image's noise, seeds itself from a seed's low 32 bits
+    (as ComfyUI's noise does too), so a wider draw would make no new images,
+    and a 32-bit seed can be typed into every other tool.
+    """
+    return secrets.randbelow(SEED_RANGE_32)
 
 
 def _is_int(value: Any) -> bool:
@@ -143,14 +151,14 @@ class GenerationRequest:
     @property
     def seeds(self) -> list[int]:
         """Image i of a batch uses seed + i, so any image can be remade alone."""
-        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+        return [seed_plus(self.seed, i) for i in range(self.batch_size)]
 
     @property
     def variation_seeds(self) -> list[int] | None:
         """Image i blends in variation_seed + i; None when there is no variation."""
         if self.variation_seed is None or self.variation_strength == 0:
             return None
-        return [(self.variation_seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+        return [seed_plus(self.variation_seed, i) for i in range(self.batch_size)]
 
     # Tasks whose starting noise the engine can blend (a pure-noise start).
     VARIATIONS: ClassVar[bool] = True

@@ -51,14 +51,22 @@ def a1111_parameters(params: Mapping[str, Any], *, seed: int) -> str:
         fields.append(f"Denoising strength: {float(params['strength'])}")
     if params.get("variation_seed") is not None and params.get("variation_strength"):
         # Image i of a batch blends variation_seed + i, as its seed is seed + i.
-        index = seed - int(params.get("seed", seed))
-        fields.append(f"Variation seed: {int(params['variation_seed']) + index}")
+        first = int(params.get("seed", seed))
+        index = (seed - first) % _seed_range(first)
+        variation = int(params["variation_seed"])
+        fields.append(f"Variation seed: {(variation + index) % _seed_range(variation)}")
         fields.append(f"Variation seed strength: {float(params['variation_strength'])}")
     if params.get("refiner"):
         fields.append(f"Refiner: {params['refiner']}")
         fields.append(f"Refiner switch at: {float(params.get('refiner_switch', 0.8))}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
+
+
+def _seed_range(seed: int) -> int:
+    """Where seed + i wraps: a seed below 2**32 counts on within 32 bits, as before 64-bit seeds
+    (the rule of pipelines.limits.seed_plus, which storage may not import)."""
+    return 2**32 if seed < 2**32 else 2**64
 
 
 def png_text_chunks(params: Mapping[str, Any], *, seed: int) -> dict[str, str]:
