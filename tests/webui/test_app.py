@@ -264,3 +264,28 @@ def test_a_seed_that_is_not_a_whole_number_is_one_sentence(launched):
         else:
             raise AssertionError(f"seed {bad!r} was accepted")
     assert studio.gallery.count() == before
+
+
+def test_download_and_export_as_jpeg_or_webp_carry_the_parameters(launched):
+    """Sites and tools that take no PNG get the same A1111 parameters text, in EXIF (issue 19)."""
+    import zipfile
+
+    from PIL import Image
+
+    studio, url = launched
+    client = Client(url, verbose=False)
+    *_, details = client.predict("a red square", "", "Euler", 2, 5.0, 64, 64, 2**40, 1, api_name="/txt2img")
+    record = studio.gallery.get(details["id"])
+    expected = read_png_metadata(studio.gallery.path(record.outputs[0].path))["parameters"]
+    assert f"Seed: {2**40}," in expected
+    for shown, pillow in (("JPEG", "JPEG"), ("WebP", "WEBP")):
+        path = client.predict(record.id, shown, api_name="/download_as")
+        with Image.open(path) as image:
+            assert image.format == pillow and image.size == (64, 64)
+        assert read_png_metadata(path) == {"parameters": expected}
+    client.predict(record.id, "Export as JPEG", api_name="/add_to_board")
+    zipped = client.predict("Export as JPEG", "JPEG", api_name="/export")
+    with zipfile.ZipFile(zipped) as archive:
+        name = f"{record.id}-0-{2**40}.jpg"
+        assert name in archive.namelist()
+        assert read_png_metadata(archive.read(name)) == {"parameters": expected}
