@@ -8,6 +8,7 @@ a hostile file is refused with one sentence before anything is written.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from PIL import Image
@@ -48,7 +49,7 @@ def seed_from(value: Any, *, field: str = "seed") -> int:
         text = value.strip()
         if not text:
             return -1
-        if not text.lstrip("-").isdigit() or not text.isascii():
+        if not re.fullmatch(r"-?[0-9]+", text):
             raise RequestError(f"{field} must be a whole number from 0 to {MAX_SEED}, or -1; got {value!r:.40}.")
         value = int(text)
     elif isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT:
