@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-MAX_SEED = 2**32 - 1
+# Seeds are 64-bit, as ComfyUI's and Fooocus's are, and torch.Generator.manual_seed takes all of them.
+MAX_SEED = 2**64 - 1
+# Atelier's seeds stopped at 2**32 - 1 before issue 19; a batch from a seed below it still counts on
+# within 32 bits (seed + i wraps at 2**32), so those records rerun to their own images.
+SEED_RANGE_32 = 2**32
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -24,6 +28,11 @@ MAX_PROMPT_CHARS = 10_000
 DEFAULT_MATTE_BAND, MAX_MATTE_BAND = 4, 64
 SHADOW_KINDS = ("none", "drop", "contact")
 MAX_SHADOW_PIXELS = 512  # a shadow's distance and softness
+
+
+def seed_plus(seed: int, offset: int) -> int:
+    """The seed ``offset`` images after ``seed`` in a batch: within 32 bits for a 32-bit seed, else 64."""
+    return (seed + offset) % (SEED_RANGE_32 if seed < SEED_RANGE_32 else MAX_SEED + 1)
 
 
 class RequestError(ValueError):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipelines.limits import MAX_SEED, RequestError, names_of
+from pipelines.limits import SEED_RANGE_32, RequestError, names_of
 
 ANNOTATORS = "lllyasviel/Annotators"
 
@@ -216,7 +216,10 @@ _ENTRIES = (
         _lineart_standard,
         "LineartStandardDetector",
     ),
-    Preprocessor("shuffle", "Content shuffle", _params(seed=Param(0, 0, MAX_SEED)), _shuffle, "ContentShuffleDetector"),
+    # numpy's global seed (what the detector draws from) takes 32 bits only.
+    Preprocessor(
+        "shuffle", "Content shuffle", _params(seed=Param(0, 0, SEED_RANGE_32 - 1)), _shuffle, "ContentShuffleDetector"
+    ),
     Preprocessor(
         "depth_midas",
         "Depth (MiDaS)",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from pipelines import lora, preprocessors
+from pipelines import preprocessors
+from pipelines.checks import check_fraction, check_int, check_loras, check_text, check_word
 from pipelines.images import output_size
 
 # The UI and the CLI import the limits from here too, beside the requests they bound.
@@ -36,35 +36,24 @@ from pipelines.limits import (
     MAX_SIZE,
     MAX_STEPS,
     MIN_SIZE,
+    SEED_RANGE_32,
     SHADOW_KINDS,
     RequestError,
     names_of,
+    seed_plus,
 )
 from pipelines.samplers import SAMPLER_NAMES
 
 
 def random_seed() -> int:
-    """A seed for "surprise me"; recorded like any other, so it can be reused."""
-    return secrets.randbelow(MAX_SEED + 1)
+    """A seed for "surprise me"; recorded like any other, so it can be reused.
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, low: int, high: int, *, multiple: int = 1) -> None:
-    if not _is_int(value) or not low <= value <= high or value % multiple:
-        rule = f"a multiple of {multiple} " if multiple > 1 else "a whole number "
-        raise RequestError(f"{name} must be {rule}from {low} to {high}; got {value!r}.")
-
-
-def _check_text(name: str, value: Any, *, required: bool) -> None:
-    if not isinstance(value, str):
-        raise RequestError(f"{name} must be text; got {type(value).__name__}.")
-    if required and not value.strip():
-        raise RequestError(f"{name} must not be empty.")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise RequestError(f"{name} must be at most {MAX_PROMPT_CHARS:,} characters; got {len(value):,}.")
+    Drawn below 2**32 although seeds go to 2**64 - 1: torch's CPU generator,
+    which draws every image's noise, seeds itself from a seed's low 32 bits
+    (as ComfyUI's noise does too), so a wider draw would make no new images,
+    and a 32-bit seed can be typed into every other tool.
+    """
+    return secrets.randbelow(SEED_RANGE_32)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,27 +87,27 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         # 1. Text
-        _check_text("prompt", self.prompt, required=True)
-        _check_text("negative_prompt", self.negative_prompt, required=False)
+        check_text("prompt", self.prompt, required=True)
+        check_text("negative_prompt", self.negative_prompt, required=False)
         # 2. Numbers
-        _check_int("seed", self.seed, 0, MAX_SEED)
-        _check_int("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
-        _check_int("width", self.width, MIN_SIZE, MAX_SIZE, multiple=8)
-        _check_int("height", self.height, MIN_SIZE, MAX_SIZE, multiple=8)
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
+        check_int("width", self.width, MIN_SIZE, MAX_SIZE, multiple=8)
+        check_int("height", self.height, MIN_SIZE, MAX_SIZE, multiple=8)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH)
         guidance = self.guidance_scale
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= MAX_GUIDANCE:
             raise RequestError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}; got {guidance!r}.")
         # An int guidance would not survive a JSON round trip as the same type.
         object.__setattr__(self, "guidance_scale", float(guidance))
         _check_image("ip_adapter_image", self.ip_adapter_image, required=False)
-        object.__setattr__(self, "loras", _check_loras(self.loras))
+        object.__setattr__(self, "loras", check_loras(self.loras))
         object.__setattr__(
-            self, "ip_adapter_scale", _check_fraction("ip_adapter_scale", self.ip_adapter_scale, 0.0, 2.0)
+            self, "ip_adapter_scale", check_fraction("ip_adapter_scale", self.ip_adapter_scale, 0.0, 2.0)
         )
         if self.variation_seed is not None:
-            _check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
-        object.__setattr__(self, "variation_strength", _check_fraction("variation_strength", self.variation_strength))
+            check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
+        object.__setattr__(self, "variation_strength", check_fraction("variation_strength", self.variation_strength))
         if self.variation_strength > 0 and self.variation_seed is None:
             raise RequestError("variation_strength needs a variation_seed; give one or set the strength to 0.")
         # 3. Names
@@ -147,14 +136,14 @@ class GenerationRequest:
     @property
     def seeds(self) -> list[int]:
         """Image i of a batch uses seed + i, so any image can be remade alone."""
-        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+        return [seed_plus(self.seed, i) for i in range(self.batch_size)]
 
     @property
     def variation_seeds(self) -> list[int] | None:
         """Image i blends in variation_seed + i; None when there is no variation."""
         if self.variation_seed is None or self.variation_strength == 0:
             return None
-        return [(self.variation_seed + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+        return [seed_plus(self.variation_seed, i) for i in range(self.batch_size)]
 
     # Tasks whose starting noise the engine can blend (a pure-noise start).
     VARIATIONS: ClassVar[bool] = True
@@ -290,40 +279,6 @@ def _check_image(name: str, value: Any, *, required: bool = True) -> None:
         raise RequestError(f"{name} must be an image; got {type(value).__name__}.")
 
 
-def _check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, *, open_low: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    # An int is finite; math.isfinite would overflow on one past float's range (JSON allows it).
-    ok = ok and (isinstance(value, int) or math.isfinite(value))
-    if not ok or not (low < value if open_low else low <= value) or value > high:
-        allowed = f"above {low:g} and at most {high:g}" if open_low else f"from {low:g} to {high:g}"
-        raise RequestError(f"{name} must be a number {allowed}; got {value!r}.")
-    return float(value)
-
-
-def _check_loras(value: Any) -> tuple[tuple[str, float], ...]:
-    """(name, weight) pairs; whether each file exists is the LoRA folder's to say (pipelines.lora)."""
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(item, (list, tuple)) and len(item) == 2 for item in value
-    ):
-        raise RequestError(f"loras must be a list of [name, weight] pairs; got {value!r:.80}.")
-    if len(value) > lora.MAX_LORAS:
-        raise RequestError(f"loras must name at most {lora.MAX_LORAS} LoRAs; got {len(value)}.")
-    pairs = []
-    for name, weight in value:
-        if not isinstance(name, str) or not name.strip():
-            raise RequestError(f"loras must name each LoRA by its file name; got {name!r}.")
-        pairs.append((name, lora.check_weight(name, weight)))
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names):
-        raise RequestError("loras must name each LoRA once; give one weight per LoRA.")
-    return tuple(pairs)
-
-
-def _check_word(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise RequestError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
-
-
 def _size_from(request: GenerationRequest, image: ImageRef) -> None:
     """Width and height 0 mean "the input's own size", rounded to what the model allows."""
     if request.width == 0 and request.height == 0 and image.image is not None:
@@ -355,8 +310,8 @@ class Img2ImgRequest(GenerationRequest):
         _check_image("image", self.image)
         _size_from(self, self.image)
         super().__post_init__()
-        object.__setattr__(self, "strength", _check_fraction("strength", self.strength, open_low=True))
-        _check_word("resize_mode", self.resize_mode, RESIZE_MODES)
+        object.__setattr__(self, "strength", check_fraction("strength", self.strength, open_low=True))
+        check_word("resize_mode", self.resize_mode, RESIZE_MODES)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         arguments = super().pipeline_arguments()
@@ -420,20 +375,20 @@ class InpaintRequest(GenerationRequest):
                 f"prompt must have at most {MAX_BATCH // self.batch_size} lines at batch size {self.batch_size}; "
                 f"got {len(prompts)}."
             )
-        object.__setattr__(self, "strength", _check_fraction("strength", self.strength, open_low=True))
-        _check_int("mask_grow", self.mask_grow, -MAX_MASK_PIXELS, MAX_MASK_PIXELS)
-        _check_int("mask_feather", self.mask_feather, 0, MAX_MASK_PIXELS)
+        object.__setattr__(self, "strength", check_fraction("strength", self.strength, open_low=True))
+        check_int("mask_grow", self.mask_grow, -MAX_MASK_PIXELS, MAX_MASK_PIXELS)
+        check_int("mask_feather", self.mask_feather, 0, MAX_MASK_PIXELS)
         if self.padding_mask_crop is not None:
-            _check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIZE)
-        _check_word("mask_source", self.mask_source, MASK_SOURCES)
+            check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIZE)
+        check_word("mask_source", self.mask_source, MASK_SOURCES)
         if not isinstance(self.matting, bool):
             raise RequestError(f"matting must be true or false; got {self.matting!r}.")
-        _check_int("matte_band", self.matte_band, 1, MAX_MATTE_BAND)
-        _check_word("shadow", self.shadow, SHADOW_KINDS)
-        object.__setattr__(self, "shadow_angle", _check_fraction("shadow_angle", self.shadow_angle, -360.0, 360.0))
-        _check_int("shadow_distance", self.shadow_distance, 0, MAX_SHADOW_PIXELS)
-        _check_int("shadow_softness", self.shadow_softness, 0, MAX_SHADOW_PIXELS)
-        object.__setattr__(self, "shadow_opacity", _check_fraction("shadow_opacity", self.shadow_opacity))
+        check_int("matte_band", self.matte_band, 1, MAX_MATTE_BAND)
+        check_word("shadow", self.shadow, SHADOW_KINDS)
+        object.__setattr__(self, "shadow_angle", check_fraction("shadow_angle", self.shadow_angle, -360.0, 360.0))
+        check_int("shadow_distance", self.shadow_distance, 0, MAX_SHADOW_PIXELS)
+        check_int("shadow_softness", self.shadow_softness, 0, MAX_SHADOW_PIXELS)
+        object.__setattr__(self, "shadow_opacity", check_fraction("shadow_opacity", self.shadow_opacity))
         if self.shadow != "none" and not self.matting:
             raise RequestError("shadow needs matting, which gives the silhouette it is cast from; turn matting on.")
         image, mask = self.image.image, self.mask_image.image
@@ -492,9 +447,9 @@ class ControlUnit:
             raise RequestError(f"preprocessor_params must name each parameter in text; got {keys!r:.80}.")
         params = preprocessors.check_params(self.preprocessor, **self.preprocessor_params)
         object.__setattr__(self, "preprocessor_params", params)
-        scale = _check_fraction("controlnet_conditioning_scale", self.conditioning_scale, 0.0, 2.0)
-        start = _check_fraction("control_guidance_start", self.guidance_start)
-        end = _check_fraction("control_guidance_end", self.guidance_end)
+        scale = check_fraction("controlnet_conditioning_scale", self.conditioning_scale, 0.0, 2.0)
+        start = check_fraction("control_guidance_start", self.guidance_start)
+        end = check_fraction("control_guidance_end", self.guidance_end)
         if start >= end:
             raise RequestError(f"control_guidance_start must be below control_guidance_end; got {start:g} and {end:g}.")
         object.__setattr__(self, "conditioning_scale", scale)
@@ -555,8 +510,8 @@ class ControlNetRequest(GenerationRequest):
             raise RequestError("mask_image needs an image to inpaint; add the image or remove the mask.")
         _size_from(self, self.image or self.controls[0].image)
         super().__post_init__()
-        object.__setattr__(self, "strength", _check_fraction("strength", self.strength, open_low=True))
-        _check_word("resize_mode", self.resize_mode, RESIZE_MODES)
+        object.__setattr__(self, "strength", check_fraction("strength", self.strength, open_low=True))
+        check_word("resize_mode", self.resize_mode, RESIZE_MODES)
         if self.variation_strength > 0 and self.image is not None:
             raise RequestError(
                 "variation_seed applies to ControlNet without an init image; remove the image or the variation."

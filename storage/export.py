@@ -7,6 +7,11 @@ same rows with the params spread over columns, for a spreadsheet. CSV cells
 hold the text as it is: a prompt that starts with "=" is not escaped, so open
 the file as data, not as a formula sheet.
 
+With `image_format` "jpeg" or "webp" each PNG goes in as a JPEG or WebP that
+carries the same `parameters` text in its EXIF (storage/pngmeta.exif_copy),
+for tools and sites that take no PNG; the manifest's sha256 is still the
+gallery's PNG's, the image's identity there.
+
 The ZIP is written under a temporary name in the target folder and renamed
 into place only when complete (STYLE.md rule 5), so a crash or a refused
 export leaves no half ZIP, and an existing file of that name is replaced only
@@ -31,6 +36,7 @@ from typing import Any
 
 from storage.errors import RecordNotFound, StorageError
 from storage.gallery import Gallery
+from storage.pngmeta import EXIF_FORMATS, exif_copy
 from storage.records import GenerationRecord
 
 # The params a spreadsheet reader expects first; any others follow, sorted.
@@ -59,7 +65,12 @@ class Exported:
     skipped: tuple[int, ...]  # generations with no output image (failed, cancelled or running)
 
 
-def export_zip(gallery: Gallery, generation_ids: Iterable[int], out_path: Path) -> Exported:
+IMAGE_FORMATS = ("png", *EXIF_FORMATS)
+
+
+def export_zip(
+    gallery: Gallery, generation_ids: Iterable[int], out_path: Path, *, image_format: str = "png"
+) -> Exported:
     """Write the output images of these generations, in this order, and their manifests to `out_path`."""
     ids = list(generation_ids)
     for generation_id in ids:
@@ -68,11 +79,13 @@ def export_zip(gallery: Gallery, generation_ids: Iterable[int], out_path: Path) 
     ids = list(dict.fromkeys(ids))
     if not ids:
         raise StorageError("generation_ids must name at least one generation; nothing was exported.")
-    return _write(gallery, [gallery.get(generation_id) for generation_id in ids], Path(out_path))
+    _check_format(image_format)
+    return _write(gallery, [gallery.get(generation_id) for generation_id in ids], Path(out_path), image_format)
 
 
-def export_board(gallery: Gallery, board_name: str, out_path: Path) -> Exported:
+def export_board(gallery: Gallery, board_name: str, out_path: Path, *, image_format: str = "png") -> Exported:
     """Write the output images of every generation on a board, oldest first, and their manifests to `out_path`."""
+    _check_format(image_format)
     if board_name not in {board.name for board in gallery.boards()}:
         raise RecordNotFound(f"Board {board_name!r} does not exist.")
     records: list[GenerationRecord] = []
@@ -85,14 +98,20 @@ def export_board(gallery: Gallery, board_name: str, out_path: Path) -> Exported:
             break
     if not records:
         raise StorageError(f"Board {board_name!r} is empty; nothing was exported.")
-    return _write(gallery, sorted(records, key=lambda record: record.id), Path(out_path))
+    return _write(gallery, sorted(records, key=lambda record: record.id), Path(out_path), image_format)
 
 
-def image_name(record: GenerationRecord, position: int, seed: int | None) -> str:
-    return f"{record.id}-{position}-{seed}.png"
+def image_name(record: GenerationRecord, position: int, seed: int | None, image_format: str = "png") -> str:
+    suffix = EXIF_FORMATS[image_format][1] if image_format in EXIF_FORMATS else ".png"
+    return f"{record.id}-{position}-{seed}{suffix}"
 
 
-def _write(gallery: Gallery, records: Sequence[GenerationRecord], out_path: Path) -> Exported:
+def _check_format(image_format: str) -> None:
+    if image_format not in IMAGE_FORMATS:
+        raise StorageError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}.")
+
+
+def _write(gallery: Gallery, records: Sequence[GenerationRecord], out_path: Path, image_format: str) -> Exported:
     # 1. Check the target before writing anything.
     folder = out_path.parent
     if not folder.is_dir():
@@ -103,13 +122,18 @@ def _write(gallery: Gallery, records: Sequence[GenerationRecord], out_path: Path
     rows: list[dict[str, Any]] = []
     try:
         with zipfile.ZipFile(partial, "w") as archive:
-            # 2. The images, byte for byte (PNG is compressed already, so stored as is).
+            # 2. The images, byte for byte (PNG is compressed already, so stored as is), or their EXIF copies.
             for record in records:
                 for image in record.outputs:
-                    name = image_name(record, image.position, image.seed)
+                    name = image_name(record, image.position, image.seed, image_format)
                     entry = _entry(name, record.created_at, zipfile.ZIP_STORED)
                     with gallery.path(image.path).open("rb") as source, archive.open(entry, "w") as target:
-                        _copy_checked(source, target, expected=image.sha256, record=record)
+                        if image_format == "png":
+                            _copy_checked(source, target, expected=image.sha256, record=record)
+                        else:
+                            png = io.BytesIO()
+                            _copy_checked(source, png, expected=image.sha256, record=record)
+                            target.write(exif_copy(png.getvalue(), image_format))
                     rows.append(_row(record, name, image.sha256, image.seed))
             # 3. The manifests, stamped with the newest record's time so that the same export gives the same bytes.
             newest = max(record.created_at for record in records)

@@ -68,6 +68,28 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+class Seed(TypeDecorator[int]):
+    """A 64-bit unsigned seed (0 to 2**64 - 1) in a signed BIGINT column, bit for bit.
+
+    Seeds are 64-bit (ComfyUI's, Fooocus's; issue 19) and SQLite's INTEGER
+    and PostgreSQL's BIGINT are signed: a seed from 2**63 up is stored as its
+    two's-complement negative and read back as itself. Every seed below 2**63
+    (all that were stored before) is stored as it always was, so the column
+    needs no migration; only someone reading the raw column sees the big
+    seeds as negative numbers. NUMERIC would not do: SQLite turns an integer
+    past 2**63 - 1 into a float.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> int | None:
+        return None if value is None else value - 2**64 if value >= 2**63 else value
+
+    def process_result_value(self, value: int | None, dialect: Dialect) -> int | None:
+        return None if value is None else value + 2**64 if value < 0 else value
+
+
 def one_of(column: str, values: tuple[str, ...]) -> str:
     """SQL for a CHECK that a column holds one of a few fixed words."""
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
@@ -111,8 +133,7 @@ class Generation(Base):
     params: Mapped[dict[str, Any]]
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text)
-    # Seeds reach 2**32 - 1, past a signed 32-bit INTEGER on PostgreSQL.
-    seed: Mapped[int] = mapped_column(BigInteger)
+    seed: Mapped[int] = mapped_column(Seed)
     sampler: Mapped[str] = mapped_column(String(64))
     num_inference_steps: Mapped[int]
     guidance_scale: Mapped[float] = mapped_column(Float)
@@ -157,7 +178,7 @@ class Image(Base):
     generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(16))
     position: Mapped[int]
-    seed: Mapped[int | None] = mapped_column(BigInteger)
+    seed: Mapped[int | None] = mapped_column(Seed)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     path: Mapped[str] = mapped_column(String(255))
     width: Mapped[int]

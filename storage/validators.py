@@ -14,7 +14,7 @@ from typing import Any
 
 from storage.errors import StorageError
 
-MAX_SEED = 2**63 - 1  # BIGINT is signed
+MAX_SEED = 2**64 - 1  # stored bit for bit in a signed BIGINT (models.Seed)
 MAX_LIST = 1000  # records one call hands back
 MAX_NAME = 255  # a person, worker, model or task name: the String(255) columns
 MAX_BOARD_NAME = 100
@@ -78,7 +78,7 @@ def check_time(value: object, *, field: str) -> datetime:
 
 
 def check_seed(seed: int, *, field: str) -> int:
-    if not 0 <= seed <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise StorageError(f"{field} must be between 0 and {MAX_SEED}, not {seed}.")
     return seed
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.requests import REQUEST_TYPES, RESIZE_MODES, RequestError
-from pipelines.samplers import SAMPLER_NAMES
+from pipelines.samplers import SAMPLER_NAMES, SamplerNotAvailable, sampler_from
 from webui.settings import Settings, SettingsError
 
 # Offline and private by default; a user who wants the hub unsets this.
@@ -50,12 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     generate = command("generate", "Generate images and keep them in the gallery.")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--negative-prompt", default="")
-    generate.add_argument("--seed", type=int, default=None, help="default: a random seed")
+    generate.add_argument("--seed", type=int, default=None, help="0 to 2**64 - 1; default: a random seed")
     generate.add_argument("--steps", type=int, default=None, help="num_inference_steps")
     generate.add_argument("--guidance-scale", type=float, default=None)
     generate.add_argument("--width", type=int, default=None)
     generate.add_argument("--height", type=int, default=None)
-    generate.add_argument("--sampler", default=None, choices=SAMPLER_NAMES)
+    generate.add_argument(
+        "--sampler",
+        default=None,
+        help=f"one of {', '.join(SAMPLER_NAMES)}; or as A1111 or ComfyUI name it ('dpmpp_2m_sde_gpu', with --scheduler)",
+    )
+    generate.add_argument("--scheduler", default=None, help="A1111's Schedule type or ComfyUI's scheduler ('karras')")
     generate.add_argument("--batch-size", type=int, default=1)
     generate.add_argument("--model", default=None)
     generate.add_argument("--task", choices=list(REQUEST_TYPES), default="txt2img")
@@ -188,7 +193,7 @@ def _generate_request(args: argparse.Namespace, settings: Settings):
         guidance_scale=args.guidance_scale,
         width=args.width,
         height=args.height,
-        sampler=args.sampler,
+        sampler=_sampler(args.sampler, args.scheduler),
         negative_prompt=args.negative_prompt,
         batch_size=args.batch_size,
         strength=args.strength if args.task != "txt2img" else None,
@@ -206,6 +211,18 @@ def _generate_request(args: argparse.Namespace, settings: Settings):
         refiner=args.refiner,
         refiner_switch=args.refiner_switch,
     )
+
+
+def _sampler(name: str | None, scheduler: str | None) -> str | None:
+    """A sampler as another tool writes it, in Atelier's name; None takes the model's default."""
+    if name is None:
+        if scheduler is not None:
+            raise RequestError("--scheduler needs a --sampler to go with; give both or neither.")
+        return None
+    try:
+        return sampler_from(name, scheduler)
+    except SamplerNotAvailable as error:
+        raise RequestError(str(error)) from None
 
 
 def _loras(given: list[str]) -> tuple[tuple[str, float], ...]:

@@ -8,6 +8,7 @@ a hostile file is refused with one sentence before anything is written.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from PIL import Image
@@ -15,6 +16,7 @@ from PIL import Image
 from pipelines import masks
 from pipelines.images import load_image
 from pipelines.requests import (
+    MAX_SEED,
     REQUEST_TYPES,
     ControlNetRequest,
     ControlUnit,
@@ -29,6 +31,34 @@ from pipelines.requests import (
 from webui.models import model_defaults
 
 TASKS = tuple(REQUEST_TYPES)
+
+
+# Past this a float no longer holds every whole number exactly (a browser's or a JSON client's number).
+_EXACT_FLOAT = 2**53
+
+
+def seed_from(value: Any, *, field: str = "seed") -> int:
+    """A seed box's value as a whole number: 0 to 2**64 - 1, or -1 (random, or none for a variation seed).
+
+    The boxes are text, not numbers, because a browser holds numbers as
+    doubles and would round a 64-bit seed; text (or an API client's int)
+    arrives exactly. A float from an older API client is taken while it is
+    exact. Empty means -1.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return -1
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise RequestError(f"{field} must be a whole number from 0 to {MAX_SEED}, or -1; got {value!r:.40}.")
+        value = int(text)
+    elif isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT:
+        value = int(value)
+    elif value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_SEED:
+        raise RequestError(f"{field} must be a whole number from 0 to {MAX_SEED}, or -1; got {value!r:.40}.")
+    return value
 
 
 def default_controlnet(model: str) -> str:

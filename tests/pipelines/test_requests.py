@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipelines.requests import MAX_SEED, RequestError, Text2ImgRequest, request_from_dict
+from pipelines.requests import MAX_SEED, RequestError, Text2ImgRequest, random_seed, request_from_dict
 from pipelines.samplers import SAMPLER_NAMES
 
 
@@ -52,9 +52,10 @@ def test_fields_use_diffusers_argument_names():
         ({"num_inference_steps": 0}, "num_inference_steps must be a whole number from 1 to 150; got 0."),
         ({"num_inference_steps": 151}, "num_inference_steps must be a whole number from 1 to 150; got 151."),
         ({"guidance_scale": 30.5}, "guidance_scale must be a number from 0 to 30; got 30.5."),
-        ({"seed": -1}, "seed must be a whole number from 0 to 4294967295; got -1."),
-        ({"seed": 2**32}, "seed must be a whole number from 0 to 4294967295; got 4294967296."),
-        ({"seed": True}, "seed must be a whole number from 0 to 4294967295; got True."),
+        ({"seed": -1}, "seed must be a whole number from 0 to 18446744073709551615; got -1."),
+        ({"seed": 2**64}, "seed must be a whole number from 0 to 18446744073709551615; got 18446744073709551616."),
+        ({"seed": True}, "seed must be a whole number from 0 to 18446744073709551615; got True."),
+        ({"seed": 2.0**40}, "seed must be a whole number from 0 to 18446744073709551615; got 1099511627776.0."),
         ({"batch_size": 0}, "batch_size must be a whole number from 1 to 16; got 0."),
     ],
 )
@@ -65,7 +66,9 @@ def test_bad_input_is_one_sentence_naming_the_field(changes, message):
 
 
 def test_unknown_sampler_lists_the_allowed_ones():
-    with pytest.raises(RequestError, match="sampler must be one of DPM\\+\\+ 2M, .*LCM; got 'k_lms'"):
+    with pytest.raises(
+        RequestError, match="sampler must be one of DPM\\+\\+ 2M, .*LCM, .*DPM2 a Karras, .*; got 'k_lms'"
+    ):
         make(sampler="k_lms")
 
 
@@ -85,6 +88,27 @@ def test_from_dict_names_unknown_fields_and_tasks():
 def test_batch_seeds_count_up_and_wrap():
     assert make(seed=7, batch_size=3).seeds == [7, 8, 9]
     assert make(seed=MAX_SEED, batch_size=2).seeds == [MAX_SEED, 0]
+
+
+def test_seeds_are_64_bit_and_a_32_bit_seed_counts_on_as_it_always_did():
+    # ComfyUI's and Fooocus's seeds (issue 19): the whole 64-bit range, exactly, through JSON.
+    request = make(seed=MAX_SEED, variation_seed=2**63, variation_strength=0.5, batch_size=2)
+    assert MAX_SEED == 2**64 - 1
+    again = request_from_dict(json.loads(json.dumps(request.to_dict())))
+    assert (again.seed, again.variation_seed) == (2**64 - 1, 2**63)
+    assert again.variation_seeds == [2**63, 2**63 + 1]
+    # A batch from a seed below 2**32 wraps at 2**32, as records made before 64-bit seeds did.
+    assert make(seed=2**32 - 1, batch_size=2).seeds == [2**32 - 1, 0]
+    assert make(seed=2**32, batch_size=2).seeds == [2**32, 2**32 + 1]
+    assert make(seed=2**32 - 2, variation_seed=2**32 - 1, variation_strength=0.1, batch_size=2).variation_seeds == [
+        2**32 - 1,
+        0,
+    ]
+
+
+def test_random_seeds_stay_below_2_to_the_32():
+    # torch's CPU generator keys its noise on a seed's low 32 bits: a wider draw makes no new image.
+    assert all(0 <= random_seed() < 2**32 for _ in range(200))
 
 
 def test_requests_are_frozen():

@@ -174,6 +174,36 @@ def test_generations_without_images_are_left_out_and_reported(
     assert (exported.generations, exported.images, exported.skipped) == (1, 1, (failed.id,))
 
 
+@pytest.mark.parametrize(("image_format", "pillow"), [("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_a_jpeg_or_webp_export_carries_each_images_parameters_in_exif(
+    tmp_path: Path, gallery: Gallery, records: list[GenerationRecord], image_format: str, pillow: str
+) -> None:
+    first = records[0]
+    out = tmp_path / "out.zip"
+
+    exported = export_zip(gallery, [first.id], out, image_format=image_format)
+
+    suffix = {"jpeg": "jpg", "webp": "webp"}[image_format]
+    names = [f"{first.id}-0-42.{suffix}", f"{first.id}-1-43.{suffix}"]
+    assert exported.images == 2
+    with zipfile.ZipFile(out) as archive:
+        assert archive.namelist() == [*names, "manifest.json", "manifest.csv"]
+        for name, image in zip(names, first.outputs):
+            data = archive.read(name)
+            with Image.open(io.BytesIO(data)) as opened:
+                assert opened.format == pillow and opened.size == (32, 32)
+            png = read_png_metadata(gallery.path(image.path))
+            # The same parameters text as the gallery's PNG, this image's own seed in it.
+            assert read_png_metadata(io.BytesIO(data)) == {"parameters": png["parameters"]}
+            assert f"Seed: {image.seed}," in png["parameters"]
+        manifest = json.loads(archive.read("manifest.json"))
+    assert [row["file"] for row in manifest] == names
+    assert [row["sha256"] for row in manifest] == [image.sha256 for image in first.outputs]
+    with pytest.raises(StorageError, match="image_format must be one of png, jpeg, webp, not 'gif'."):
+        export_zip(gallery, [first.id], tmp_path / "gif.zip", image_format="gif")
+    assert not (tmp_path / "gif.zip").exists()
+
+
 def test_storage_export_imports_no_torch_gradio_or_pipelines() -> None:
     code = "import sys, storage.export; print(sorted({'torch', 'gradio', 'pipelines', 'diffusers'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -131,7 +131,8 @@ def test_review_search_and_variations_over_the_api(launched):
 
     # Send to tab fills every field from the record.
     sent = client.predict(record_id, api_name="/send_to_tab")
-    assert sent[0] == "a green triangle on an orange background" and sent[2] == "Euler" and sent[7] == 5
+    # Seeds travel as text, so a 64-bit one reaches the browser exactly (issue 19).
+    assert sent[0] == "a green triangle on an orange background" and sent[2] == "Euler" and sent[7] == "5"
 
     # Delete removes the record (single-user studio: the user may delete anything).
     client.predict(child_id, api_name="/delete")
@@ -169,7 +170,7 @@ def test_import_a_png_fills_the_tab_and_export_a_board(launched, tmp_path):
     png = tmp_path / "a1111.png"
     Image.new("RGB", (64, 72), "white").save(png, pnginfo=info)
     *values, summary = client.predict(handle_file(str(png)), api_name="/import_png")
-    assert values == ["a blue circle on a white background", "blurry", "DPM++ 2M Karras", 12, 6.5, 64, 72, 1234, 1]
+    assert values == ["a blue circle on a white background", "blurry", "DPM++ 2M Karras", 12, 6.5, 64, 72, "1234", 1]
     assert "automatic1111" in summary and "Clip skip" in summary
 
     *_, details = client.predict("a red square", "", "Euler", 2, 5.0, 64, 64, 8, 2, api_name="/txt2img")
@@ -247,10 +248,76 @@ def test_send_to_text_to_image_brings_the_style_controls_and_the_reference(launc
     client = Client(url, verbose=False)
     sent = client.predict(record.id, api_name="/send_to_tab")
     fields, styles = sent[:9], sent[9:]  # the tab switch is not an API output
-    assert fields[0] == "a red circle" and fields[7] == 5
+    assert fields[0] == "a red circle" and fields[7] == "5"
     variation_seed, variation_strength, names, weights, shown, scale, refiner, switch = styles
-    assert (variation_seed, variation_strength) == (9, 0.2)
+    assert (variation_seed, variation_strength) == ("9", 0.2)
     assert (names, weights, scale) == (["brand", "grain"], "0.8, 0.25", 0.9)
     assert (refiner, switch) == ("org/some-refiner", 0.7)
     with Image.open(shown["path"] if isinstance(shown, dict) else shown) as image:
         assert image.convert("RGB").tobytes() == reference.tobytes()
+
+
+def test_a_64_bit_seed_over_the_api_is_kept_exactly(launched):
+    """ComfyUI's seeds are 64-bit (issue 19): typed as text or sent as a number, none is rounded or replaced."""
+    studio, url = launched
+    client = Client(url, verbose=False)
+    top = 2**64 - 1
+    for sent in (str(top), top):
+        images, summary, details = client.predict(
+            "a red circle on a blue background", "", "DPM++ 2M SDE Karras", 3, 6.0, 64, 64, sent, 2, api_name="/txt2img"
+        )
+        record = studio.gallery.get(details["id"])
+        # Image 1 wraps at 2**64; the sampler is one of issue 19's.
+        assert (record.seed, record.params["seed"], record.sampler) == (top, top, "DPM++ 2M SDE Karras")
+        assert [image.seed for image in record.outputs] == [top, 0]
+        assert details["images"][0]["seed"] == top
+        assert f"seed {top}, 0" in summary
+        downloaded = [item["image"] for item in images]
+        assert f"Seed: {top}," in read_png_metadata(downloaded[0])["parameters"]
+    assert client.predict(record.id, api_name="/send_to_tab")[7] == str(top)
+    rerun_id, *_, verdict, _, _ = client.predict(record.id, api_name="/rerun")
+    assert "identical" in verdict
+    assert studio.gallery.get(rerun_id).seed == top
+    *_, variation_details = client.predict(
+        "a red circle", "", "Euler", 3, 6.0, 64, 64, "-1", 1, 1, str(2**63 + 5), 0.3, api_name="/txt2img"
+    )
+    assert studio.gallery.get(variation_details["id"]).params["variation_seed"] == 2**63 + 5
+
+
+def test_a_seed_that_is_not_a_whole_number_is_one_sentence(launched):
+    studio, url = launched
+    client = Client(url, verbose=False)
+    before = studio.gallery.count()
+    for bad, shown in (("12abc", "'12abc'"), (str(2**64), str(2**64)), ("1e5", "'1e5'")):
+        try:
+            client.predict("a red circle", "", "Euler", 3, 6.0, 64, 64, bad, 1, api_name="/txt2img")
+        except Exception as error:  # gradio_client raises AppError with the gr.Error message
+            assert f"seed must be a whole number from 0 to {2**64 - 1}, or -1; got {shown}" in str(error)
+        else:
+            raise AssertionError(f"seed {bad!r} was accepted")
+    assert studio.gallery.count() == before
+
+
+def test_download_and_export_as_jpeg_or_webp_carry_the_parameters(launched):
+    """Sites and tools that take no PNG get the same A1111 parameters text, in EXIF (issue 19)."""
+    import zipfile
+
+    from PIL import Image
+
+    studio, url = launched
+    client = Client(url, verbose=False)
+    *_, details = client.predict("a red square", "", "Euler", 2, 5.0, 64, 64, 2**40, 1, api_name="/txt2img")
+    record = studio.gallery.get(details["id"])
+    expected = read_png_metadata(studio.gallery.path(record.outputs[0].path))["parameters"]
+    assert f"Seed: {2**40}," in expected
+    for shown, pillow in (("JPEG", "JPEG"), ("WebP", "WEBP")):
+        path = client.predict(record.id, shown, api_name="/download_as")
+        with Image.open(path) as image:
+            assert image.format == pillow and image.size == (64, 64)
+        assert read_png_metadata(path) == {"parameters": expected}
+    client.predict(record.id, "Export as JPEG", api_name="/add_to_board")
+    zipped = client.predict("Export as JPEG", "JPEG", api_name="/export")
+    with zipfile.ZipFile(zipped) as archive:
+        name = f"{record.id}-0-{2**40}.jpg"
+        assert name in archive.namelist()
+        assert read_png_metadata(archive.read(name)) == {"parameters": expected}

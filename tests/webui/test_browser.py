@@ -26,6 +26,23 @@ def test_type_a_prompt_generate_and_find_it_in_the_gallery(launched, page):
     expect(page.get_by_text(f"#{record.id} · a purple triangle").first).to_be_attached(timeout=10_000)
 
 
+def test_a_64_bit_seed_typed_in_the_browser_is_kept_exactly(launched, page):
+    """Issue 19: a number field would round 2**64 - 1 to a double; the seed box is text, so it is not."""
+    studio, url = launched
+    page.goto(url)
+    page.get_by_label("Prompt", exact=True).fill("a green circle on a red background")
+    page.get_by_label("Seed (-1: random)").fill(str(2**64 - 1))
+    page.get_by_role("button", name="Generate").click()
+
+    expect(page.get_by_text(f"seed {2**64 - 1}")).to_be_visible(timeout=60_000)
+    [record] = [r for r in studio.gallery.list() if r.prompt == "a green circle on a red background"]
+    assert record.seed == 2**64 - 1
+    # Reuse last puts it back in the box, digit for digit.
+    page.get_by_label("Seed (-1: random)").fill("-1")
+    page.get_by_role("button", name="Reuse last").click()
+    expect(page.get_by_label("Seed (-1: random)")).to_have_value(str(2**64 - 1))
+
+
 def test_search_open_and_rerun_shows_identical(launched, page):
     studio, url = launched
     record = studio.submit(

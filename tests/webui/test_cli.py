@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from storage.pngmeta import read_png_metadata
 from webui.cli import main
 
 
@@ -67,6 +68,27 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["generate", "--prompt", "x", "--width", "100", "--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "atelier: width must be a multiple of 8 from 64 to 2048; got 100.\n"
     assert not (tmp_path / "gallery.db").exists()
+
+
+def test_a_64_bit_seed_and_a_comfyui_sampler_name(tmp_path, capsys):
+    """Issue 19: ComfyUI's seeds and sampler names work as they are written there."""
+    data = ["--data", str(tmp_path)]
+    arguments = ["--prompt", "a red circle", "--steps", "3", "--batch-size", "2", "--json", *data]
+    top = ["--seed", str(2**64 - 1), "--sampler", "dpmpp_2m_sde_gpu", "--scheduler", "karras"]
+    assert main(["generate", *arguments, *top]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert [image["seed"] for image in made["images"]] == [2**64 - 1, 0]
+    assert "Seed: 18446744073709551615, " in read_png_metadata(made["images"][0]["path"])["parameters"]
+    assert "Sampler: DPM++ 2M SDE Karras, " in read_png_metadata(made["images"][0]["path"])["parameters"]
+    assert main(["rerun", str(made["id"]), "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["identical"] is True
+
+    assert main(["generate", *arguments, "--sampler", "dpm_fast"]) == 2
+    assert capsys.readouterr().err.startswith("atelier: sampler 'dpm_fast' has no diffusers equivalent here; allowed: ")
+    assert main(["generate", *arguments, "--seed", str(2**64)]) == 2
+    assert "seed must be a whole number from 0 to 18446744073709551615; got 18446744073709551616." in (
+        capsys.readouterr().err
+    )
 
 
 def test_rerun_of_a_missing_record_says_so(tmp_path, capsys):

@@ -140,11 +140,15 @@ def test_a1111_sampler_names(sampler: str, schedule: str | None, ours: str | Non
 
 
 def test_a1111_values_out_of_our_range_are_listed_not_clamped() -> None:
-    text = "a cat\nSteps: 500, Sampler: Euler, CFG scale: 45, Seed: 99999999999, Size: 1000x1001"
+    text = f"a cat\nSteps: 500, Sampler: Euler, CFG scale: 45, Seed: {2**64}, Size: 1000x1001"
     imported = import_chunks({"parameters": text})
 
     assert imported.request == DEFAULTS.replace(prompt="a cat", sampler="Euler")
-    assert imported.unmapped == {"Steps": "500", "CFG scale": "45", "Seed": "99999999999", "Size": "1000x1001"}
+    assert imported.unmapped == {"Steps": "500", "CFG scale": "45", "Seed": str(2**64), "Size": "1000x1001"}
+    # Seeds are 64-bit (issue 19): one past 2**32 is a seed like any other.
+    assert (
+        import_chunks({"parameters": "a cat\nSteps: 20, Sampler: Euler, Seed: 99999999999"}).request.seed == 99999999999
+    )
 
 
 def test_a1111_model_that_is_a_local_diffusers_folder_is_used(tmp_path: Path) -> None:
@@ -284,7 +288,7 @@ def test_comfyui_sampler_names(sampler_name: str, scheduler: str, ours: str | No
 
 
 def test_comfyui_values_we_cannot_use_are_listed() -> None:
-    graph = comfy_graph(seed=2**64 - 1, denoise=0.6, steps="20")
+    graph = comfy_graph(seed=2**64, denoise=0.6, steps="20")
     graph["5"]["inputs"].update(width=1000, height=1001, batch_size=4)
     imported = import_chunks({"prompt": json.dumps(graph)})
 
@@ -292,7 +296,7 @@ def test_comfyui_values_we_cannot_use_are_listed() -> None:
     assert (imported.request.width, imported.request.height) == (DEFAULTS.width, DEFAULTS.height)
     assert imported.request.num_inference_steps == DEFAULTS.num_inference_steps
     assert {key: value for key, value in imported.unmapped.items() if "#10" not in key} == {
-        "KSampler#3.seed": str(2**64 - 1),
+        "KSampler#3.seed": str(2**64),
         "KSampler#3.steps": "20",
         "KSampler#3.denoise": "0.6",
         "EmptyLatentImage#5.width": "1000",
@@ -300,6 +304,8 @@ def test_comfyui_values_we_cannot_use_are_listed() -> None:
         "EmptyLatentImage#5.batch_size": "4",
         "CheckpointLoaderSimple#4.ckpt_name": "v1-5-pruned-emaonly.safetensors",
     }
+    # ComfyUI's seeds are 64-bit (issue 19): the largest is kept, never replaced by a default.
+    assert import_chunks({"prompt": json.dumps(comfy_graph(seed=2**64 - 1))}).request.seed == 2**64 - 1
 
 
 def test_comfyui_two_pass_graph_reads_the_first_pass_and_lists_the_second() -> None:

@@ -38,7 +38,7 @@ def test_entries_take_their_family_defaults_and_their_own_settings(tmp_path):
         ('{"name": "x"}', "must hold a JSON list of models"),
         ('[{"name": "x"}]', "entry 1: source must be text"),
         ('[{"name": "x", "source": "a/b", "family": "sd3"}]', "family must be one of sd, sdxl, flux"),
-        ('[{"name": "x", "source": "a/b", "sampler": "Heun"}]', "sampler must be one of"),
+        ('[{"name": "x", "source": "a/b", "sampler": "DPM adaptive"}]', "sampler must be one of"),
         ('[{"name": "x", "source": "a/b", "width": 100000}]', "width must be a whole number from 64 to 2048"),
         ('[{"name": "x", "source": "a/b", "colour": "red"}]', "unknown fields colour"),
         ('[{"name": "embedded", "source": "a/b"}]', "the name 'embedded' is used twice"),

@@ -29,13 +29,13 @@ import numpy as np
 from PIL import Image
 
 from storage.pngmeta import MAX_PIXELS, NotPng, PngMetadataError, read_png_metadata
+from storage.pngmeta import read_user_comment as user_comment
 from webui.imports.common import MAX_CHUNK_CHARS, MetadataError
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 KNOWN_KEYS = ("atelier", "invokeai_metadata", "sd-metadata", "Dream", "prompt", "parameters", "Comment")
 
 _USER_COMMENT, _MAKER_NOTE, _SOFTWARE, _EXIF_IFD = 0x9286, 0x927C, 0x0131, 0x8769
-_PREFIXES = {b"ASCII\0\0\0": "ascii", b"JIS\0\0\0\0\0": "shift_jis", b"\0" * 8: "utf-8"}
 _STEALTH_ALPHA = {b"stealth_pnginfo": False, b"stealth_pngcomp": True}
 _STEALTH_RGB = {b"stealth_rgbinfo": False, b"stealth_rgbcomp": True}
 _SIGNATURE_BITS, _LENGTH_BITS = 15 * 8, 32
@@ -44,14 +44,15 @@ _SIGNATURE_BITS, _LENGTH_BITS = 15 * 8, 32
 def read_file_text(source: str | Path | bytes | IO[bytes]) -> dict[str, str]:
     """Keyword -> text for every piece of metadata in the file (a path, its bytes or an open file)."""
     data = _bytes(source)
+    if data[:3] == b"\xff\xd8\xff" or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        # JPEG and WebP: every EXIF field the tools use, not only the UserComment the gallery's reader wants.
+        return _exif_text(data)
     try:
         chunks = read_png_metadata(data)
     except NotPng as error:
-        if error.format not in ("JPEG", "WEBP"):
-            raise MetadataError(
-                f"The file is a {error.format} image; Atelier reads metadata from PNG, JPEG and WebP files."
-            ) from None
-        return _exif_text(data)
+        raise MetadataError(
+            f"The file is a {error.format} image; Atelier reads metadata from PNG, JPEG and WebP files."
+        ) from None
     except PngMetadataError as error:
         raise MetadataError(str(error)) from None
     if not any(key in chunks for key in KNOWN_KEYS):
@@ -109,20 +110,6 @@ def _exif_text(data: bytes) -> dict[str, str]:
         if value is not None:
             found[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return {key: value.rstrip("\0") for key, value in found.items()}
-
-
-def user_comment(value: bytes | str) -> str:
-    """EXIF UserComment as text: its 8-byte prefix names the encoding (EXIF 2.3, table 9), as piexif reads it."""
-    if isinstance(value, str):  # written as plain text (Fooocus, through Pillow)
-        return value
-    prefix, body = value[:8], value[8:]
-    if prefix == b"UNICODE\0":
-        # piexif writes big-endian; a few writers little-endian: the first character's zero byte tells.
-        little = len(body) >= 2 and body[0] != 0 and body[1] == 0
-        return body.decode("utf-16-le" if little else "utf-16-be", "replace")
-    if prefix in _PREFIXES:
-        return body.decode(_PREFIXES[prefix], "replace")
-    return value.decode("utf-8", "replace")
 
 
 def _stealth_text(data: bytes) -> str | None:

@@ -1,13 +1,16 @@
 """Other tools' sampler names, mapped onto ours only where it is the same algorithm and noise schedule.
 
 One lookup per tool; a name with no equal here gives None and the reader
-lists it. (Issue 19's sampler work adds `pipelines.samplers.sampler_from`
-for A1111's and ComfyUI's names; these lookups are where it plugs in.)
+lists it. A1111's and ComfyUI's names go through `pipelines.samplers.sampler_from`
+(diffusers' published table, every schedule); the tables below keep the
+spellings it does not know (ComfyUI's `ddim_uniform`, `lcm` on `sgm_uniform`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from pipelines.samplers import SamplerNotAvailable, sampler_from
 
 # AUTOMATIC1111 folded the schedule into the name ("DPM++ 2M Karras") until
 # v1.9, which split it out as "Schedule type". "Automatic" there means the
@@ -78,13 +81,24 @@ _NOVELAI: dict[tuple[str, str | None], str] = {
 
 
 def a1111(name: Any, schedule: Any) -> str | None:
-    return _A1111.get((name, schedule)) if isinstance(name, str) else None
+    if not isinstance(name, str) or not isinstance(schedule, (str, type(None))):
+        return None
+    return _published(name, schedule) or _A1111.get((name, schedule))
 
 
 def comfyui(name: Any, scheduler: Any, *, flow: bool = False) -> str | None:
     if not (isinstance(name, str) and isinstance(scheduler, str)):
         return None
-    return (_COMFYUI_FLOW if flow else _COMFYUI).get((name, scheduler))
+    if flow:
+        return _COMFYUI_FLOW.get((name, scheduler))
+    return _published(name, scheduler) or _COMFYUI.get((name, scheduler))
+
+
+def _published(name: str, schedule: str | None) -> str | None:
+    try:
+        return sampler_from(name, schedule)
+    except SamplerNotAvailable:
+        return None
 
 
 def invokeai(name: Any) -> str | None:

@@ -13,8 +13,9 @@ from typing import Any
 import gradio as gr
 from gradio.events import Dependency
 
-from pipelines.requests import MAX_BATCH, MAX_SEED, MAX_SIZE, MAX_STEPS
+from pipelines.requests import MAX_BATCH, MAX_SIZE, MAX_STEPS
 from pipelines.samplers import SAMPLER_NAMES
+from webui.forms import seed_from
 from webui.models import find
 
 
@@ -118,6 +119,11 @@ def upload_image(**options: Any) -> gr.Image:
     return widget
 
 
+def seed_box(label: str) -> gr.Textbox:
+    """A seed field: text, so a 64-bit seed reaches the browser and back exactly (a number field holds a double)."""
+    return gr.Textbox(value="-1", label=label, max_lines=1, scale=1)
+
+
 def settings_widgets(defaults: dict[str, Any]) -> list[gr.components.Component]:
     """Sampler, steps, guidance, seed, batch size and size: the same rows in every image tab, in this order."""
     with gr.Row():
@@ -125,7 +131,7 @@ def settings_widgets(defaults: dict[str, Any]) -> list[gr.components.Component]:
         steps = gr.Slider(1, MAX_STEPS, value=defaults["num_inference_steps"], step=1, label="Steps")
         guidance = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale")
     with gr.Row():
-        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
+        seed = seed_box("Seed (-1: random)")
         batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size")
         width = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Width (0: the image's)")
         height = gr.Slider(0, MAX_SIZE, value=0, step=8, label="Height (0: the image's)")
@@ -135,7 +141,7 @@ def settings_widgets(defaults: dict[str, Any]) -> list[gr.components.Component]:
 def settings_fields(values: list[Any]) -> dict[str, Any]:
     """The values of `settings_widgets`, in its order, as request fields (a seed of -1 draws one)."""
     sampler, steps, guidance, seed, batch_size, width, height = values
-    seed = int(seed)
+    seed = seed_from(seed)
     return {
         "sampler": sampler,
         "num_inference_steps": int(steps),

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from pipelines.requests import random_seed
 from storage import Gallery, GenerationRecord, RecordNotFound, StorageError
 from storage.export import export_board, export_zip
+from storage.pngmeta import EXIF_FORMATS, exif_copy
 from webui.jobs import Jobs, ordinal
 from webui.settings import Settings
 from webui.workers import Workers
@@ -34,6 +35,9 @@ ANY = "any"
 TASKS = (ANY, "txt2img")
 REVIEWS = (ANY, "none", "approved", "rejected")
 STATUSES = ("succeeded", "queued", "running", "failed", "cancelled", "interrupted", ANY)
+# What other tools and sites take besides PNG: the same parameters text in EXIF (storage/pngmeta.exif_copy).
+DOWNLOAD_FORMATS = {"JPEG": "jpeg", "WebP": "webp"}
+EXPORT_FORMATS = {"PNG": "png", **DOWNLOAD_FORMATS}
 REVIEW_BADGES = {"approved": "✅ approved", "rejected": "⛔ rejected", "none": "not reviewed"}
 
 
@@ -335,17 +339,38 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
             verdict = f"⚠️ **different** from #{parent.id}: {reasons}."
         return view(record, verdict)
 
-    def export(board: str | None, ids: list[int]) -> str:
-        """The chosen board, or else the records on this page, as a ZIP to download."""
+    def download_as(record_id: float | None, shown_format: str) -> str | None:
+        """The open record's first image as a JPEG or WebP with its parameters in EXIF, made once per image."""
+        if shown_format not in DOWNLOAD_FORMATS:
+            raise gr.Error(f"Download format must be one of {', '.join(DOWNLOAD_FORMATS)}; got {shown_format!r}.")
+        try:  # the id box changes as it is typed: an id that names nothing yet simply has no download
+            record = gallery.get(int(record_id)) if record_id is not None else None
+        except (RecordNotFound, ValueError, OverflowError):
+            record = None
+        if record is None or not record.outputs:
+            return None
+        image_format, first = DOWNLOAD_FORMATS[shown_format], record.outputs[0]
+        folder = settings.data_dir / "exports"  # a folder the app serves
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{first.sha256}{EXIF_FORMATS[image_format][1]}"
+        if not path.exists():  # written whole, then renamed: a reader never sees half a file
+            partial = folder / f".{path.name}.{uuid.uuid4().hex}.partial"
+            partial.write_bytes(exif_copy(gallery.path(first.path), image_format))
+            os.replace(partial, path)
+        return str(path)
+
+    def export(board: str | None, ids: list[int], shown_format: str = "PNG") -> str:
+        """The chosen board, or else the records on this page, as a ZIP to download (PNGs, or JPEGs / WebPs)."""
         folder = settings.data_dir / "exports"
         folder.mkdir(exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        image_format = EXPORT_FORMATS.get(shown_format, shown_format)
         try:
             if board and board != ANY:
                 safe = re.sub(r"[^A-Za-z0-9._-]+", "-", board).strip("-") or "board"
-                exported = export_board(gallery, board, folder / f"{safe}-{stamp}.zip")
+                exported = export_board(gallery, board, folder / f"{safe}-{stamp}.zip", image_format=image_format)
             elif ids:
-                exported = export_zip(gallery, ids, folder / f"page-{stamp}.zip")
+                exported = export_zip(gallery, ids, folder / f"page-{stamp}.zip", image_format=image_format)
             else:
                 raise gr.Error("Nothing to export: choose a board or search for some images first.")
         except (StorageError, ValueError) as error:
@@ -376,6 +401,7 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         older_button = gr.Button("Older ▶", size="sm")
         page_info = gr.Markdown()
         export_button = gr.Button("Export board or page as ZIP", size="sm")
+        export_format = gr.Radio(list(EXPORT_FORMATS), value="PNG", label="Images as", scale=1)
         export_file = gr.DownloadButton("⬇ ZIP", value=None, size="sm")
     grid = gr.Gallery(
         label="Gallery",
@@ -398,6 +424,8 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
                 record_id = gr.Number(label="Record id", value=None, precision=0, scale=1)
                 open_button = gr.Button("Open", size="sm", scale=1)
                 download = gr.DownloadButton("⬇ PNG", value=None, interactive=False, size="sm", scale=1)
+                download_format = gr.Radio(list(DOWNLOAD_FORMATS), value="JPEG", label="Also as", scale=1)
+                converted = gr.DownloadButton("⬇ JPEG / WebP", value=None, size="sm", scale=1)
             with gr.Row():
                 rerun_button = gr.Button("Rerun exactly", variant="primary")
                 variation_count = gr.Slider(1, 8, value=4, step=1, label="New seeds", scale=1)
@@ -464,7 +492,14 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
     newer_button.click(
         newer, inputs=[chosen, cursors], outputs=[*shown, cursors, next_cursor], api_visibility="private"
     )
-    export_button.click(export, inputs=[board_filter, ids], outputs=export_file, api_name="export")
+    export_button.click(export, inputs=[board_filter, ids, export_format], outputs=export_file, api_name="export")
+    gr.on(
+        [record_id.change, download_format.change],
+        download_as,
+        inputs=[record_id, download_format],
+        outputs=converted,
+        api_name="download_as",
+    )
     grid.select(select, inputs=ids, outputs=record_view, api_visibility="private")
     gr.on(
         [open_button.click, record_id.submit],

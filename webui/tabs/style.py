@@ -15,7 +15,9 @@ import gradio as gr
 
 from pipelines import lora as lora_files
 from pipelines.images import load_image
-from pipelines.requests import MAX_SEED, ImageRef, RequestError
+from pipelines.requests import ImageRef, RequestError
+from webui.forms import seed_from
+from webui.tabs.common import seed_box
 
 NO_VARIATION = -1
 
@@ -40,9 +42,7 @@ def lora_and_reference(loras_folder) -> dict[str, gr.components.Component]:
 
 def variations() -> dict[str, gr.components.Component]:
     """A second seed blended into the first: near copies of an image one liked."""
-    seed = gr.Number(
-        value=NO_VARIATION, precision=0, minimum=NO_VARIATION, maximum=MAX_SEED, label="Variation seed (-1: none)"
-    )
+    seed = seed_box("Variation seed (-1: none)")
     strength = gr.Slider(0, 1, value=0.1, step=0.01, label="Variation strength")
     return {"variation_seed": seed, "variation_strength": strength}
 
@@ -114,7 +114,7 @@ def request_fields(
     }
     if refiner and str(refiner).strip():
         fields.update(refiner=str(refiner).strip(), refiner_switch=float(refiner_switch))
-    variation = int(NO_VARIATION if variation_seed is None else variation_seed)
+    variation = seed_from(variation_seed, field="variation_seed")
     if variation != NO_VARIATION:
         fields.update(variation_seed=variation, variation_strength=float(variation_strength))
     return fields

@@ -7,20 +7,21 @@ import gradio as gr
 
 from pipelines.requests import (
     MAX_BATCH,
-    MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
     MIN_SIZE,
     RequestError,
     Text2ImgRequest,
     random_seed,
+    seed_plus,
 )
 from pipelines.samplers import SAMPLER_NAMES
+from webui.forms import seed_from
 from webui.imports import MetadataError, import_file, studio_catalog
 from webui.models import model_defaults
 from webui.settings import Settings
 from webui.tabs import style
-from webui.tabs.common import TabHandles, model_family, outputs_panel, record_details, record_summary
+from webui.tabs.common import TabHandles, model_family, outputs_panel, record_details, record_summary, seed_box
 from webui.tabs.runner import Runner
 
 # The request fields this tab shows, in the order of its widgets.
@@ -67,7 +68,7 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         progress=gr.Progress(),
     ):
         try:
-            seed = int(seed)
+            seed = seed_from(seed)
             first = Text2ImgRequest(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
@@ -99,7 +100,7 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
         records, paths = [], []
         for number in range(count):
             seeds_so_far = number * first.batch_size
-            text2img = first.replace(seed=(first.seed + seeds_so_far) % (MAX_SEED + 1))
+            text2img = first.replace(seed=seed_plus(first.seed, seeds_so_far))
             note = f"Forming… (batch {number + 1} of {count})"
             # The earlier batches' images, then this one's picture as it forms.
             record = yield from runner.follow(
@@ -189,7 +190,7 @@ def build(settings: Settings, runner: Runner) -> TabHandles:
                 import_summary = gr.Markdown()
                 send_import = gr.Button("Send to its tab", size="sm")
             with gr.Row():
-                seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1: random)")
+                seed = seed_box("Seed (-1: random)")
                 random_button = gr.Button("🎲 Random", size="sm")
                 reuse_button = gr.Button("♻️ Reuse last", size="sm")
             styled = style.lora_and_reference(settings.loras_folder)
