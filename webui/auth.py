@@ -153,7 +153,8 @@ class Gate:
         headers = {"Retry-After": str(math.ceil(outcome.retry_after))} if outcome.retry_after else {}
         if browser:
             return _form(outcome.message, status=status, headers=headers, name=name)
-        return JSONResponse({"detail": outcome.message, "reason": outcome.reason}, status_code=status, headers=headers)
+        body = {"detail": outcome.message, "reason": outcome.reason, "retry_after": outcome.retry_after}
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def logout(self, request: Request) -> Response:
         await asyncio.to_thread(self.access.sessions.end, request.cookies.get(COOKIE))
