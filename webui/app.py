@@ -176,22 +176,21 @@ def gpu_status_line(studio: Studio) -> Callable[[], str]:
 def launch(
     studio: Studio,
     *,
-    users: Users | None = None,
     access: Access | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
 ) -> gr.Blocks:
     settings = studio.settings
     if access is None:  # a studio on its own (a test): its accounts through a connection of their own
-        access = build_access(Database(settings.gallery_url), settings) if users is None else None
-    users = access.users if access is not None else users
+        access = build_access(Database(settings.gallery_url), settings)
+    users = access.users
     refusal = exposure_refusal(settings, users.count_users())
     if refusal is not None:
         raise SettingsError(refusal)
     app = build_app(studio, users, access=access)
     # With accounts, every page, file and API route wants a login (webui/auth.py); without,
     # the studio is single-user, as it was before accounts existed. Decided here, at start.
-    gate = Gate(access, settings) if access is not None and users.count_users() else None
+    gate = Gate(access, settings) if users.count_users() else None
     trust_proxies(settings, os.environ)
     # Queued jobs run from now on, those left from before a restart first.
     studio.workers.start()
