@@ -22,6 +22,7 @@ on logout or when the password changes (`Users.set_password`).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class LoginGuard:
         self._clock = clock
 
     def check(self, name: object, password: object, address: str) -> UserRecord | Refusal:
-        address = str(address)[:MAX_ADDRESS] or "unknown"
+        address = address_key(address)
         name_key = name if isinstance(name, str) and NAME_PATTERN.fullmatch(name) else None
         # 1. Claim the attempt (or refuse it) before any hashing.
         claimed = self._claim(name_key, address)
@@ -173,6 +174,20 @@ class LoginGuard:
                 row.failures += 1
                 row.last_failure_at = now
             return by_name.failures if by_name is not None else 0
+
+
+def address_key(address: object) -> str:
+    """The key an address's failures count under: an IPv6 address's /64, since one holder has all of it."""
+    text = str(address)[:MAX_ADDRESS] or "unknown"
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 def _since(row: LoginFailures, now: datetime) -> float:

@@ -107,6 +107,10 @@ class Gate:
     def __init__(self, access: Access, settings: Settings) -> None:
         self.access = access
         self.cookie_path = settings.root_path.rstrip("/") + "/" if settings.root_path else "/"
+        # The decoy hash an unknown name is checked against is made on first use: make it now, so the
+        # first unknown name is no slower than a known one.
+        access.users.verify("", "")
+        access.sessions.purge_expired()
 
     async def user(self, request: Request) -> str | None:
         """Gradio's auth_dependency: the logged-in name, or None (401 for everything but the login form)."""
@@ -137,6 +141,7 @@ class Gate:
         outcome = await asyncio.to_thread(self.access.logins.check, name, password, address)
         browser = _wants_html(request)
         if not hasattr(outcome, "reason"):  # a UserRecord: in
+            await asyncio.to_thread(self.access.sessions.purge_expired)  # logins are rare; expired rows go here
             token = await asyncio.to_thread(self.access.sessions.start, outcome.name, address=address)
             response: Response = RedirectResponse("./", status_code=303) if browser else JSONResponse({"success": True})
             response.set_cookie(

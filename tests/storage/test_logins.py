@@ -220,3 +220,16 @@ def test_the_audit_log_is_append_only_in_the_database(world: World) -> None:
     assert [e.id for e in audit.entries(since=before[1].at)] == [before[1].id]
     with pytest.raises(StorageError, match="action must be one of"):
         audit.record("rewrite", actor="root", target="history")
+
+
+def test_an_ipv6_holder_counts_as_one_address_for_its_whole_64(world: World) -> None:
+    policy = LoginPolicy(free_failures=50, lock_after=60, address_free_failures=2, base_delay=5.0)
+    guard = world.guard(policy)
+    assert guard.check("x1", "guess", "2001:db8:1:2::1").reason == "wrong"
+    assert guard.check("x2", "guess", "2001:db8:1:2:ffff::9").reason == "wrong"
+    assert guard.check("x3", "guess", "2001:db8:1:2:aaaa::3").reason == "wait"  # same /64: slowed
+    assert guard.check("x4", "guess", "2001:db8:1:3::1").reason == "wrong"  # the next /64 is someone else
+    # An IPv4 client seen through an IPv6 socket is the same client as over IPv4.
+    assert guard.check("x5", "guess", "::ffff:192.0.2.7").reason == "wrong"
+    assert guard.check("x6", "guess", "192.0.2.7").reason == "wrong"
+    assert guard.check("x7", "guess", "192.0.2.7").reason == "wait"
