@@ -20,6 +20,7 @@ would trust any local process).
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import ipaddress
 import math
@@ -31,7 +32,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from storage import StorageError
+from storage import StorageError, UserRecord
+from storage.logins import WRONG, Refusal
 from webui.services import Access
 from webui.settings import Settings, SettingsError
 
@@ -93,6 +95,24 @@ def client_address(request: Any) -> str:
     client = getattr(request, "client", None)
     host = getattr(client, "host", None)
     return str(host)[:64] if host else "unknown"
+
+
+def check_basic(access: Access, authorization: str | None, address: str) -> UserRecord | Refusal | None:
+    """An HTTP Basic `Authorization` header through the same guard as the login form; None without one.
+
+    For the HTTP API (issue 14): a client that guesses through Basic auth is
+    slowed and locked exactly like one guessing through the form.
+    """
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        name, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return WRONG
+    if not sep:
+        return WRONG
+    return access.logins.check(name, password, address)
 
 
 def trust_proxies(settings: Settings, environ: Any) -> None:

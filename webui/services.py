@@ -35,7 +35,9 @@ class Access:
 def build_access(database: Database, settings: Settings) -> Access:
     users = Users(database=database)
     audit = AuditLog(database=database)
-    policy = LoginPolicy(lock_after=settings.login_lock_after, base_delay=settings.login_delay)
+    # A lock set low (a test, a strict site) leaves fewer free failures before it.
+    free = min(LoginPolicy.free_failures, settings.login_lock_after - 1)
+    policy = LoginPolicy(free_failures=free, lock_after=settings.login_lock_after, base_delay=settings.login_delay)
     return Access(
         users=users,
         logins=LoginGuard(users=users, database=database, audit=audit, policy=policy),

@@ -8,6 +8,7 @@ log records what cannot be undone and no route edits it.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -26,8 +27,11 @@ from sqlalchemy import create_engine, text
 from pipelines.requests import Text2ImgRequest
 from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, Users
 from storage.audit import AuditLog
+from storage.logins import Refusal
 from webui import app as app_module
+from webui.auth import check_basic
 from webui.cli import main
+from webui.services import build_services
 from webui.settings import Settings, SettingsError
 from webui.studio import Studio
 
@@ -441,3 +445,23 @@ def test_behind_caddy_the_studio_sees_the_client_caddy_saw(tmp_path: Path) -> No
         log.close()
         app.close()
         studio.close()
+
+
+def test_basic_auth_goes_through_the_same_guard(tmp_path: Path) -> None:
+    # The HTTP API's door (issue 14): the same answers, counters and locks as the login form.
+    settings = Settings(data_dir=tmp_path / "data", login_lock_after=3)
+    with build_services(settings) as services:
+        services.users.add_user("ann", PASSWORDS["ann"])
+        access = services.access
+
+        def basic(name: str, password: str) -> str:
+            return "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+
+        assert check_basic(access, None, "10.9.0.1") is None
+        assert check_basic(access, "Bearer abc", "10.9.0.1") is None
+        assert check_basic(access, basic("ann", PASSWORDS["ann"]), "10.9.0.1").name == "ann"
+        assert check_basic(access, "Basic !!!", "10.9.0.1") == Refusal("wrong", "Incorrect name or password.")
+        for _ in range(3):
+            assert check_basic(access, basic("ann", "guess"), "10.9.0.2").reason == "wrong"
+        assert check_basic(access, basic("ann", PASSWORDS["ann"]), "10.9.0.3").reason == "locked"
+        assert access.logins.is_locked("ann")
