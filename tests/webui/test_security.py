@@ -449,7 +449,7 @@ def test_behind_caddy_the_studio_sees_the_client_caddy_saw(tmp_path: Path) -> No
 
 def test_basic_auth_goes_through_the_same_guard(tmp_path: Path) -> None:
     # The HTTP API's door (issue 14): the same answers, counters and locks as the login form.
-    settings = Settings(data_dir=tmp_path / "data", login_lock_after=3)
+    settings = Settings(data_dir=tmp_path / "data", login_lock_after=3, login_delay=0.01)
     with build_services(settings) as services:
         services.users.add_user("ann", PASSWORDS["ann"])
         access = services.access
@@ -463,5 +463,6 @@ def test_basic_auth_goes_through_the_same_guard(tmp_path: Path) -> None:
         assert check_basic(access, "Basic !!!", "10.9.0.1") == Refusal("wrong", "Incorrect name or password.")
         for _ in range(3):
             assert check_basic(access, basic("ann", "guess"), "10.9.0.2").reason == "wrong"
+        time.sleep(0.05)  # past the back-off (two free failures, then 0.01 s)
         assert check_basic(access, basic("ann", PASSWORDS["ann"]), "10.9.0.3").reason == "locked"
         assert access.logins.is_locked("ann")
