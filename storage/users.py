@@ -17,19 +17,19 @@ from types import TracebackType
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import Database, open_or_share
 from storage.errors import RecordNotFound, StorageError
-from storage.models import User, utcnow
+from storage.models import LoginSession, User, utcnow
 from storage.validators import check_flag
 
 MIN_PASSWORD = 8
 # argon2 takes any length, but a login form should not make the server hash megabytes.
 MAX_PASSWORD = 1024
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Users:
             raise taken from None
 
     def set_password(self, name: str, password: str) -> UserRecord:
+        """Change the password and end every login session of the account (a stolen one included)."""
         _check_name(name)
         _check_password(password)
         password_hash = self._hasher.hash(password)
@@ -98,7 +99,9 @@ class Users:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise RecordNotFound(f"No account is named {name!r}.")
-            return _record(session.scalars(select(User).where(User.name == name)).one())
+            row = session.scalars(select(User).where(User.name == name)).one()
+            session.execute(delete(LoginSession).where(LoginSession.user_id == row.id))
+            return _record(row)
 
     def verify(self, name: str, password: str) -> bool:
         """Whether `password` is this account's; False for any name without one, after the same hashing work.
@@ -108,7 +111,7 @@ class Users:
         if not isinstance(password, str) or len(password) > MAX_PASSWORD:
             return False
         stored = None
-        if isinstance(name, str) and _NAME.fullmatch(name):
+        if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
             with Session(self._engine) as session, session.begin():
                 stored = session.scalar(select(User.password_hash).where(User.name == name))
         # An unknown name checks against a hash of nothing anyone knows, so
@@ -132,7 +135,7 @@ class Users:
 
     def is_admin(self, name: str) -> bool:
         """Whether this account is an admin; False for a name without an account."""
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             return False
         with Session(self._engine) as session, session.begin():
             return bool(session.scalar(select(User.is_admin).where(User.name == name)))
@@ -143,7 +146,7 @@ class Users:
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise StorageError(f"name must be 1 to 64 letters, digits, '.', '_' or '-', not {name!r}.")
     return name
 

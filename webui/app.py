@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 
 from pipelines.errors import ModelError
-from storage import Users
+from storage import Database, Users
 from webui import sdapi
+from webui.auth import Gate, ensure_first_admin, exposure_refusal, trust_proxies
 from webui.errors import GpuWorkersUnreachable
 from webui.executors import RayExecutor
 from webui.imports import MetadataError, import_file, studio_catalog
 from webui.jobs import REFUSALS_AT_ONCE, Jobs
 from webui.models import find, studio_models
-from webui.services import build_services
-from webui.settings import Settings
+from webui.services import Access, build_access, build_services
+from webui.settings import Settings, SettingsError
 from webui.studio import Studio
+from webui.tabs import audit as audit_tab
 from webui.tabs import controlnet as controlnet_tab
 from webui.tabs import gallery as gallery_tab
 from webui.tabs import img2img as img2img_tab
@@ -35,13 +38,15 @@ CSS = """
 """
 
 
-def build_app(studio: Studio, users: Users) -> gr.Blocks:
+def build_app(studio: Studio, users: Users, *, access: Access | None = None) -> gr.Blocks:
     settings, gallery = studio.settings, studio.gallery
-    jobs = Jobs(studio, users=users)
+    jobs = Jobs(studio, users=users, audit=access.audit if access is not None else None)
     with gr.Blocks(title="Atelier") as app:
         models = studio_models(settings)
         with gr.Row():
-            gr.Markdown(f"# Atelier\ndata: `{settings.data_dir}`", elem_id="atelier-header")
+            # Nothing of the server's insides (paths, folders) on the page: only who is in and how.
+            gr.Markdown(f"# Atelier\n{_open_warning(settings, users)}", elem_id="atelier-header")
+            who = gr.Markdown(elem_id="atelier-user")
             # One picker above the tabs, so it is there in every tab; requests record the model's source.
             picker = gr.Dropdown(
                 [m.name for m in models], value=find(models, settings.model).name, label="Model", scale=1
@@ -102,6 +107,8 @@ def build_app(studio: Studio, users: Users) -> gr.Blocks:
             api_name="send_to_tab",
         )
         app.load(gallery_view.refresh, outputs=gallery_view.outputs, queue=False, api_visibility="private")
+        if access is not None:
+            audit_tab.build(app, jobs=jobs, audit=access.audit, who=who)
 
         # "Send to its tab" from an imported file: the tab of the task that made it, its fields filled,
         # and the pictures the file could not carry asked for.
@@ -203,13 +210,25 @@ def gpu_status_line(studio: Studio) -> Callable[[], str]:
 
 
 def launch(
-    studio: Studio, *, users: Users | None = None, prevent_thread_lock: bool = False, quiet: bool = False
+    studio: Studio,
+    *,
+    access: Access | None = None,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
 ) -> gr.Blocks:
     settings = studio.settings
-    if users is None:  # a studio on its own (a test): its accounts through a connection of their own
-        users = Users(url=settings.gallery_url)
-    app = build_app(studio, users)
+    if access is None:  # a studio on its own (a test): its accounts through a connection of their own
+        access = build_access(Database(settings.gallery_url), settings)
+    users = access.users
+    refusal = exposure_refusal(settings, users.count_users())
+    if refusal is not None:
+        raise SettingsError(refusal)
+    app = build_app(studio, users, access=access)
+    # With accounts, every page, file and API route wants a login (webui/auth.py); without,
+    # the studio is single-user, as it was before accounts existed. Decided here, at start.
     accounts = bool(users.count_users())
+    gate = Gate(access, settings) if accounts else None
+    trust_proxies(settings, os.environ)
     # Queued jobs run from now on, those left from before a restart first.
     studio.workers.start()
     app.launch(
@@ -225,24 +244,34 @@ def launch(
         quiet=quiet,
         show_error=True,
         css=CSS,
-        # With accounts, every page, file and API route wants a login; without,
-        # the studio is single-user, as it was before accounts existed.
-        auth=_login(users) if accounts else None,
+        root_path=settings.root_path or None,
+        auth_dependency=gate.user if gate is not None else None,
         auth_message="Log in with your Atelier account.",
-        # The AUTOMATIC1111-compatible API (/sdapi/v1, /docs) on the same server, there before it answers anyone.
-        app_kwargs=sdapi.app_kwargs(studio, users, accounts=accounts),
+        # The login routes (with accounts) and the AUTOMATIC1111-compatible API (/sdapi/v1, /docs) on the
+        # same server, there before it answers anyone.
+        app_kwargs=_app_kwargs(gate, sdapi.app_kwargs(studio, access, accounts=accounts)),
     )
     return app
 
 
-def _login(users: Users) -> Callable[[str, str], Awaitable[bool]]:
-    # Gradio awaits a coroutine auth function but calls a plain one on its
-    # event loop (gradio/routes.py, `login`); argon2 takes tens of
-    # milliseconds, so it runs in a worker thread instead of stalling every page.
-    async def check(name: str, password: str) -> bool:
-        return await asyncio.to_thread(users.verify, name, password)
+def _open_warning(settings: Settings, users: Users) -> str:
+    if settings.anonymous_allowed and not users.count_users():
+        return (
+            "**Open to everyone who can reach it: no login, anyone may delete anything (ATELIER_ALLOW_ANONYMOUS=1).**"
+        )
+    return ""
 
-    return check
+
+def _app_kwargs(gate: Gate | None, api: dict[str, Any]) -> dict[str, Any]:
+    """The FastAPI arguments of the login gate and the API together: the gate's routes first."""
+    if gate is None:
+        return api
+    login = gate.app_kwargs()
+    return {
+        **api,
+        "routes": [*login["routes"], *api["routes"]],
+        "exception_handlers": {**api.get("exception_handlers", {}), **login.get("exception_handlers", {})},
+    }
 
 
 def _warm_up(studio: Studio) -> None:
@@ -260,6 +289,13 @@ def _warm_up(studio: Studio) -> None:
 def serve(settings: Settings) -> None:
     services = build_services(settings)
     try:
+        made = ensure_first_admin(settings, services.access)
+        if made:
+            print(made, flush=True)
+        accounts = services.users.count_users()
+        refusal = exposure_refusal(settings, accounts)
+        if refusal is not None:
+            raise SettingsError(refusal)
         # Import torch and load the model while the page is already up: the first
         # click then waits on the engine's lock instead of the page on the model.
         threading.Thread(target=_warm_up, args=(services.studio,), daemon=True).start()
@@ -267,11 +303,16 @@ def serve(settings: Settings) -> None:
             f"Atelier on http://{settings.host}:{settings.port} · model {settings.model} · data {settings.data_dir}",
             flush=True,
         )
-        accounts = services.users.count_users()
         if accounts:
             print(f"{accounts} account{'s' if accounts > 1 else ''}: everyone logs in.", flush=True)
+        elif settings.anonymous_allowed:
+            print(
+                "WARNING: ATELIER_ALLOW_ANONYMOUS=1 and no account: everyone who can reach "
+                f"{settings.host}:{settings.port} may generate, read every prompt and delete anything.",
+                flush=True,
+            )
         else:
             print("No accounts: single-user studio; add one with `atelier user add NAME`", flush=True)
-        launch(services.studio, users=services.users)
+        launch(services.studio, access=services.access)
     finally:
         services.close()

@@ -167,7 +167,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add = user_command("add", "Add an account; the password is asked twice (or read as two lines from stdin).")
     add.add_argument("--admin", action="store_true", help="may delete anyone's generations")
-    user_command("passwd", "Change an account's password; asked twice (or read as two lines from stdin).")
+    user_command("passwd", "Change an account's password and end its sessions; asked twice (or two lines of stdin).")
+    user_command("unlock", "Let a name log in again after too many failed logins locked it.")
+
+    audit = command("audit", "The audit log: deletes, exports, account changes, admin overrides, locks.")
+    audit.add_argument("--since", help="from this date or time on (ISO 8601, UTC unless it says otherwise)")
+    audit.add_argument("--json", action="store_true", help="print one JSON list")
     return parser
 
 
@@ -282,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _gallery(args, settings)
         if args.command == "user":
             return _user(args, settings)
+        if args.command == "audit":
+            return _audit(args, settings)
         return _run(args, settings)
     except (RequestError, SettingsError) as error:
         print(f"atelier: {error}", file=sys.stderr)
@@ -450,25 +457,62 @@ def _gallery(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _user(args: argparse.Namespace, settings: Settings) -> int:
-    """The `user` commands: storage only, like `gallery`."""
+    """The `user` commands: storage only, like `gallery`; each change lands in the audit log."""
     from storage import StorageError
     from webui.services import build_services
 
-    password = _new_password()
-    if password is None:
-        return _fail("the two passwords differ.")
+    password = None
+    if args.user_command != "unlock":
+        password = _new_password()
+        if password is None:
+            return _fail("the two passwords differ.")
     try:
         with build_services(settings) as services:
-            users = services.users
+            users, audit = services.users, services.access.audit
+            who = f"{settings.user} (command line)"
             if args.user_command == "add":
                 added = users.add_user(args.name, password, admin=args.admin)
+                audit.record("user.add", actor=who, target=added.name, detail="admin" if added.is_admin else "")
                 print(f"added {'admin ' if added.is_admin else ''}account {added.name}")
-            else:
+            elif args.user_command == "passwd":
                 changed = users.set_password(args.name, password)
+                audit.record("user.password", actor=who, target=changed.name, detail="its sessions ended")
                 print(f"changed the password of {changed.name}")
+            else:
+                had = services.access.logins.unlock(args.name)
+                audit.record("user.unlock", actor=who, target=args.name)
+                print(f"unlocked {args.name}" if had else f"{args.name} had no failed logins to clear")
         return 0
     except (StorageError, OSError) as error:
         return _fail(error)
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime, timezone
+
+    from storage import StorageError
+    from webui.services import build_services
+
+    since = None
+    if args.since is not None:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            return _fail(f"--since must be a date or time like 2026-12-01 or 2026-12-01T09:30; got {args.since!r}.")
+        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    try:
+        with build_services(settings) as services:
+            entries = services.access.audit.entries(since=since)
+    except (StorageError, OSError) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps([entry.to_dict() for entry in entries]))
+    for entry in [] if args.json else entries:
+        detail = f"  ({entry.detail})" if entry.detail else ""
+        print(
+            f"{entry.at:%Y-%m-%d %H:%M:%S}  {entry.actor}  {entry.action}  {entry.target}  from {entry.address}{detail}"
+        )
+    return 0
 
 
 def _new_password() -> str | None:

@@ -22,6 +22,8 @@ from pipelines.errors import ModelError
 from pipelines.progress import ProgressFn
 from pipelines.requests import GenerationRequest, RequestError
 from storage import GenerationRecord, StorageError, Users
+from storage.audit import NO_ADDRESS, AuditLog
+from webui.auth import client_address
 from webui.errors import StudioError
 from webui.studio import RerunOutcome, Studio
 from webui.workers import JobFailed, Ticket
@@ -45,8 +47,9 @@ class Jobs:
     connection of its own here.
     """
 
-    def __init__(self, studio: Studio, *, users: Users | None = None) -> None:
+    def __init__(self, studio: Studio, *, users: Users | None = None, audit: AuditLog | None = None) -> None:
         self.studio = studio
+        self.audit = audit  # None: nothing is recorded (an app built without one, in a test)
         self.settings = studio.settings
         self.gallery = studio.gallery
         self.workers = studio.workers
@@ -87,6 +90,12 @@ class Jobs:
             return True
         username = getattr(request, "username", None) if request is not None else None
         return username is not None and users.is_admin(username)
+
+    def record(self, request: gr.Request | None, action: str, *, target: str, detail: str = "") -> None:
+        """Add what this session's user just did to the audit log, with the address it came from."""
+        if self.audit is not None:
+            address = client_address(request) if request is not None else NO_ADDRESS
+            self.audit.record(action, actor=self.user(request), target=target, address=address, detail=detail)
 
     def submit(
         self,

@@ -15,9 +15,35 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from storage import Database, Gallery, Users
+from storage.audit import AuditLog
+from storage.logins import LoginGuard, LoginPolicy, Sessions
 from webui.settings import Settings
 from webui.studio import Studio
 from webui.workers import Workers
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may come in and what they did: accounts, the login guard, sessions and the audit log."""
+
+    users: Users
+    logins: LoginGuard  # every password goes through it (the login form, an API's Basic auth)
+    sessions: Sessions
+    audit: AuditLog
+
+
+def build_access(database: Database, settings: Settings) -> Access:
+    users = Users(database=database)
+    audit = AuditLog(database=database)
+    # A lock set low (a test, a strict site) leaves fewer free failures before it.
+    free = min(LoginPolicy.free_failures, settings.login_lock_after - 1)
+    policy = LoginPolicy(free_failures=free, lock_after=settings.login_lock_after, base_delay=settings.login_delay)
+    return Access(
+        users=users,
+        logins=LoginGuard(users=users, database=database, audit=audit, policy=policy),
+        sessions=Sessions(database=database, hours=settings.session_hours),
+        audit=audit,
+    )
 
 
 @dataclass(frozen=True)
@@ -28,6 +54,7 @@ class Services:
     users: Users
     studio: Studio
     workers: Workers  # the studio's; not started (the app starts them, a CLI run never queues)
+    access: Access
 
     def __enter__(self) -> Services:
         return self
@@ -48,12 +75,18 @@ def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.gallery_url)
     try:
-        users = Users(database=database)
+        access = build_access(database, settings)
         gallery = Gallery(database=database, data_dir=settings.data_dir, lease_seconds=settings.lease_seconds)
     except BaseException:
         database.close()
         raise
     studio = Studio(settings=settings, gallery=gallery)
     return Services(
-        settings=settings, database=database, gallery=gallery, users=users, studio=studio, workers=studio.workers
+        settings=settings,
+        database=database,
+        gallery=gallery,
+        users=access.users,
+        studio=studio,
+        workers=studio.workers,
+        access=access,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +70,15 @@ class Settings:
     ray_min_replicas: int = 1  # replicas kept running while idle
     ray_max_replicas: int = 0  # replicas at most (one per GPU); 0: one per GPU of the cluster when the pool starts
     ray_threads: int = 0  # torch threads per replica; 0: torch's default (CPU-only pools and tests pin it)
+    # Safe on a network (issue 17, docs/security.md).
+    allow_anonymous: str = ""  # "1": serve beyond this machine with no account (everyone may do anything)
+    admin_user: str = ""  # with admin_password_file: this admin account is made at start if missing
+    admin_password_file: str = ""  # a file holding the first admin's password (a Compose secret)
+    session_hours: float = 12.0  # a login lasts this long
+    login_lock_after: int = 10  # failed logins in a row that lock a name until `atelier user unlock NAME`
+    login_delay: float = 1.0  # seconds of back-off after the first slowed failure; doubles with each one
+    trusted_proxies: str = ""  # proxies' addresses (comma-separated IPs or networks) whose X-Forwarded-For counts
+    root_path: str = ""  # the path the studio is served under behind a proxy, e.g. /atelier
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -85,6 +95,7 @@ class Settings:
         _check_pool(self)
         if self.max_models < 1:
             raise SettingsError(f"ATELIER_MAX_MODELS must be at least 1; got {self.max_models}.")
+        _check_security(self)
         for name in ("cpu_offload", "compile"):
             if getattr(self, name) not in ("", "0", "1"):
                 raise SettingsError(f"ATELIER_{name.upper()} must be 1 (on) or 0 (off); got {getattr(self, name)!r}.")
@@ -105,6 +116,15 @@ class Settings:
         )
 
     @property
+    def anonymous_allowed(self) -> bool:
+        return self.allow_anonymous == "1"
+
+    @property
+    def proxies(self) -> tuple[str, ...]:
+        """The trusted proxies, each an IP address or network."""
+        return tuple(filter(None, (part.strip() for part in self.trusted_proxies.split(","))))
+
+    @property
     def gallery_url(self) -> str:
         """The database URL: the setting, or SQLite inside the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'gallery.db'}"
@@ -113,6 +133,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")) -> Settings:
         values = _read_env_file(env_file) if env_file else {}
         values.update(os.environ if environ is None else environ)
+        if values.get("ATELIER_ADMIN_PASSWORD"):
+            # A password in the environment shows in `docker inspect`, /proc and crash reports.
+            raise SettingsError(
+                "ATELIER_ADMIN_PASSWORD is not read: put the password in a file and name it in "
+                "ATELIER_ADMIN_PASSWORD_FILE."
+            )
         fields: dict[str, object] = {}
         for field in dataclasses.fields(cls):
             raw = values.get(f"ATELIER_{field.name.upper()}")
@@ -163,3 +189,29 @@ def _check_pool(settings: Settings) -> None:
         )
     if settings.ray_threads < 0:
         raise SettingsError(f"ATELIER_RAY_THREADS must be 0 (torch's default) or more; got {settings.ray_threads}.")
+
+
+def _check_security(settings: Settings) -> None:
+    if settings.allow_anonymous not in ("", "0", "1"):
+        raise SettingsError(f"ATELIER_ALLOW_ANONYMOUS must be 1 (on) or 0 (off); got {settings.allow_anonymous!r}.")
+    if bool(settings.admin_user) != bool(settings.admin_password_file):
+        raise SettingsError("ATELIER_ADMIN_USER and ATELIER_ADMIN_PASSWORD_FILE must be set together.")
+    if not 0 < settings.session_hours <= 24 * 366:
+        raise SettingsError(
+            f"ATELIER_SESSION_HOURS must be more than 0 and at most 8784; got {settings.session_hours:g}."
+        )
+    if not 2 <= settings.login_lock_after <= 1000:
+        raise SettingsError(f"ATELIER_LOGIN_LOCK_AFTER must be from 2 to 1000; got {settings.login_lock_after}.")
+    if not 0 < settings.login_delay <= 60:
+        raise SettingsError(
+            f"ATELIER_LOGIN_DELAY must be more than 0 and at most 60 seconds; got {settings.login_delay:g}."
+        )
+    for proxy in filter(None, (part.strip() for part in settings.trusted_proxies.split(","))):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"ATELIER_TRUSTED_PROXIES must be IP addresses or networks separated by commas; got {proxy!r}."
+            ) from None
+    if settings.root_path and not settings.root_path.startswith("/"):
+        raise SettingsError(f"ATELIER_ROOT_PATH must start with '/'; got {settings.root_path!r}.")

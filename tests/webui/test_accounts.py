@@ -137,8 +137,8 @@ def test_a_name_is_added_once(monkeypatch, capsys, data: Path) -> None:
 
 
 def test_serve_says_whether_the_studio_is_single_user(monkeypatch, capsys, tmp_path: Path) -> None:
-    launched: list[Users] = []
-    monkeypatch.setattr(app_module, "launch", lambda studio, *, users: launched.append(users))
+    launched: list[object] = []
+    monkeypatch.setattr(app_module, "launch", lambda studio, *, access: launched.append(access))
     monkeypatch.setattr(app_module, "_warm_up", lambda studio: None)  # no model is loaded
     settings = Settings(data_dir=tmp_path / "data", user="ada", port=free_port())
 

@@ -30,8 +30,8 @@ from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from storage import Users
 from webui.sdapi.routes import build_router
+from webui.services import Access
 from webui.studio import Studio
 
 API_PATHS = ("/sdapi/", "/controlnet/")
@@ -39,10 +39,10 @@ API_PATHS = ("/sdapi/", "/controlnet/")
 MAX_BODY_BYTES = 320 * 1024 * 1024
 
 
-def app_kwargs(studio: Studio, users: Users, *, accounts: bool) -> dict[str, Any]:
+def app_kwargs(studio: Studio, access: Access, *, accounts: bool) -> dict[str, Any]:
     """FastAPI arguments for Gradio's app: the routes, /docs, and A1111-style answers to malformed bodies."""
     return {
-        "routes": build_router(studio, users, accounts=accounts).routes,
+        "routes": build_router(studio, access, accounts=accounts).routes,
         "docs_url": "/docs",
         "exception_handlers": {RequestValidationError: _malformed},
         "middleware": [Middleware(BodyLimit)],

@@ -25,7 +25,7 @@ from pipelines.errors import ModelError
 from pipelines.limits import RequestError
 from pipelines.samplers import SAMPLER_NAMES
 from pipelines.sources import resolve_source
-from storage import StorageError, Users
+from storage import StorageError
 from webui.errors import QueueFull, StudioError
 from webui.imports import MetadataError, read_file_text
 from webui.imports.a1111 import parse_a1111
@@ -43,6 +43,7 @@ from webui.sdapi.schemas import (
     Txt2ImgBody,
 )
 from webui.sdapi.uploads import decode_bytes
+from webui.services import Access
 from webui.studio import Studio
 from webui.workers import JobFailed
 
@@ -69,10 +70,10 @@ def answers() -> Iterator[None]:
 class SdApi:
     """The routes' shared state: the studio, who is asking, each user's chosen model, the calls in flight."""
 
-    def __init__(self, studio: Studio, users: Users, *, accounts: bool) -> None:
+    def __init__(self, studio: Studio, access: Access, *, accounts: bool) -> None:
         self.studio = studio
         self.settings = studio.settings
-        self.auth = ApiAuth(users, accounts=accounts, single_user=studio.settings.user)
+        self.auth = ApiAuth(access, accounts=accounts, single_user=studio.settings.user)
         self.jobs = ApiJobs(studio.workers, studio.gallery)
         self._models: dict[str, str] = {}  # user -> the source POST options picked
         self._lock = threading.Lock()
@@ -98,8 +99,8 @@ class SdApi:
         return generation_response(records, plan, body, self.studio.gallery)
 
 
-def build_router(studio: Studio, users: Users, *, accounts: bool) -> APIRouter:
-    api = SdApi(studio, users, accounts=accounts)
+def build_router(studio: Studio, access: Access, *, accounts: bool) -> APIRouter:
+    api = SdApi(studio, access, accounts=accounts)
     router = APIRouter(tags=["AUTOMATIC1111-compatible API"])
     user_of = api.auth
 

@@ -50,6 +50,11 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def _made_by(record: GenerationRecord, actor: str) -> str:
+    """What the audit log says of whose record it was: an admin acting on someone else's is an override."""
+    return f"made by {record.user}" + ("" if record.user == actor else "; admin override")
+
+
 def describe(record: GenerationRecord, *, place: int | None = None) -> str:
     """The record's facts as Markdown (the prompt itself is shown as JSON, never as HTML).
 
@@ -287,6 +292,7 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         # With no accounts the studio is single-user: that user may delete anything.
         is_admin = jobs.is_admin(request)
         guarded(lambda: gallery.delete(record.id, by=jobs.user(request), is_admin=is_admin))
+        jobs.record(request, "delete", target=f"generation {record.id}", detail=_made_by(record, jobs.user(request)))
         gr.Info(f"Deleted record #{record.id} and its files.")
         return (
             None,
@@ -305,6 +311,8 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         """Queue an interrupted, failed or cancelled generation again, as its child; its owner or an admin only."""
         record = load(record_id)
         again = guarded(lambda: gallery.requeue(record.id, by=jobs.user(request), is_admin=jobs.is_admin(request)))
+        if record.user != jobs.user(request):  # an admin override: the one kind of requeue worth recording
+            jobs.record(request, "requeue", target=f"generation {record.id}", detail=_made_by(record, ""))
         workers.start()
         workers.moved()  # an idle worker takes it now rather than at its next look
         return view(
@@ -359,7 +367,7 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
             os.replace(partial, path)
         return str(path)
 
-    def export(board: str | None, ids: list[int], shown_format: str = "PNG") -> str:
+    def export(board: str | None, ids: list[int], shown_format: str, request: gr.Request) -> str:
         """The chosen board, or else the records on this page, as a ZIP to download (PNGs, or JPEGs / WebPs)."""
         folder = settings.data_dir / "exports"
         folder.mkdir(exist_ok=True)
@@ -375,6 +383,9 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
                 raise gr.Error("Nothing to export: choose a board or search for some images first.")
         except (StorageError, ValueError) as error:
             raise gr.Error(str(error)) from None
+        what = f"board {board}" if board and board != ANY else "generations " + ",".join(map(str, ids))[:200]
+        detail = f"{exported.images} images from {exported.generations} generations"
+        jobs.record(request, "export", target=what, detail=detail)
         return str(exported.path)
 
     # -- layout -----------------------------------------------------------

@@ -30,7 +30,10 @@ def lora_and_reference(loras_folder) -> dict[str, gr.components.Component]:
 
     with gr.Accordion("Style: LoRAs and a reference image", open=False):
         with gr.Row():
-            names = gr.Dropdown(listed(), multiselect=True, allow_custom_value=True, label=f"LoRAs ({loras_folder})")
+            # The folder's name stays on the server: a page shows no server paths (issue 17).
+            names = gr.Dropdown(
+                listed(), multiselect=True, allow_custom_value=True, label="LoRAs (from the studio's LoRA folder)"
+            )
             # A LoRA copied into the folder while the studio runs shows up the next time the list opens.
             names.focus(lambda: gr.update(choices=listed()), outputs=names, queue=False, api_visibility="private")
             weights = gr.Textbox(label="Their weights, in order (default 1)", placeholder="0.8, 0.5")
