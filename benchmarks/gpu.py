@@ -244,6 +244,10 @@ class Bench:
         setup, record = self.setup, self.results["families"][family]
         steps, size = setup.steps[family], setup.size
         state: dict[str, Any] = {}
+        if parts == {"restart"} and setup.device.type != "cuda":  # nothing to build for
+            record["restart"] = {"status": "needs CUDA"}
+            self.save()
+            return
 
         def build() -> None:
             dtype = stock_dtype(family, setup.device)
