@@ -61,6 +61,7 @@ from gpu_report import write_report  # noqa: E402
 
 from pipelines.devices import Switches  # noqa: E402
 from pipelines.engine import Engine  # noqa: E402
+from pipelines.prompt_cache import TextEmbeddingCache  # noqa: E402
 from pipelines.requests import Text2ImgRequest  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
@@ -324,64 +325,80 @@ class Bench:
             shutil.rmtree(state["folder"], ignore_errors=True)
 
     def levers(self, family: str, folder: Path, record: dict[str, Any], dtype: str) -> None:
-        """Each lever on against the engine's defaults, one at a time, at batch 1."""
-        setup, steps = self.setup, self.setup.lever_steps
-        cuda = setup.device.type == "cuda"
-        # name -> (dtype, switches, engine options, run options); compile and CUDA graphs only on a card
-        # (on a CPU the first image takes minutes and says nothing about the GPU).
-        levers: dict[str, tuple[str, Switches, dict, dict]] = {
-            "baseline": (dtype, Switches(), {}, {}),
-            "bf16": ("bfloat16", Switches(), {}, {}),
-            "attention_math": (dtype, Switches(attention="math"), {}, {}),
-            "channels_last": (dtype, Switches(channels_last=True), {}, {}),
-            "fuse_qkv": (dtype, Switches(fuse_qkv=True), {}, {}),
-            "vae_upcast_off": (dtype, Switches(vae_upcast="off"), {}, {}),
-            "vae_tiling_on": (dtype, Switches(vae_tiling="on"), {}, {}),
-            "prompt_cache_off": (dtype, Switches(), {"text_cache_size": 0}, {}),
-            "previews": (dtype, Switches(), {}, {"preview": lambda image: None}),
+        """Each lever on against the engine's defaults, one at a time, at batch 1.
+
+        The levers read at each run (VAE tiling, the prompt cache, previews) are turned on the baseline's
+        engine, the others are switches set when a model loads, so each gets an engine of its own.
+        """
+        setup = self.setup
+        per_run: dict[str, Callable[[Engine], dict[str, Any]]] = {
+            "vae_tiling_on": lambda engine: _set(
+                engine, switches=dataclasses.replace(engine.switches, vae_tiling="on")
+            ),
+            "prompt_cache_off": lambda engine: _set(engine, text_cache=TextEmbeddingCache(0)),
+            "previews": lambda engine: {"preview": lambda image: None},
         }
-        if cuda:
-            levers["compile_regional"] = (dtype, Switches(compile=True, compile_scope="regional"), {}, {})
-            levers["compile_regional_cudagraphs"] = (
+        at_load: dict[str, tuple[str, Switches]] = {
+            "bf16": ("bfloat16", Switches()),
+            "attention_math": (dtype, Switches(attention="math")),
+            "channels_last": (dtype, Switches(channels_last=True)),
+            "fuse_qkv": (dtype, Switches(fuse_qkv=True)),
+            "vae_upcast_off": (dtype, Switches(vae_upcast="off")),
+        }
+        # Compile and CUDA graphs only on a card: on a CPU the first image takes minutes and says nothing of a GPU.
+        if setup.device.type == "cuda":
+            at_load["compile_regional"] = (dtype, Switches(compile=True, compile_scope="regional"))
+            at_load["compile_regional_cudagraphs"] = (
                 dtype,
                 Switches(compile=True, compile_scope="regional", compile_mode="reduce-overhead"),
-                {},
-                {},
             )
         else:
             record["levers_needing_cuda"] = ["compile_regional", "compile_regional_cudagraphs"]
-        baseline: float | None = None
-        for name, (lever_dtype, switches, engine_options, run_options) in levers.items():
-            engine = None
+        baseline: dict[str, float] = {}
+
+        def lever(name: str, engine: Engine, lever_dtype: str, run_options: dict[str, Any]) -> None:
             try:
-                engine = Engine(device=str(setup.device), dtype=lever_dtype, switches=switches, **engine_options)
-                run = engine_runner(engine, folder, family, size=setup.size, steps=steps, batch=1, **run_options)
-                result = measure(setup, run, batch=1, steps=steps, repeats=2)
-                result.pop("images")
+                run = engine_runner(
+                    engine, folder, family, size=setup.size, steps=setup.lever_steps, batch=1, **run_options
+                )
+                result = measure(setup, run, batch=1, steps=setup.lever_steps, repeats=2)
             except Exception as error:  # one lever failing (an unsupported kernel, say) must not lose the rest
                 record["levers"].append({"lever": name, "error": f"{type(error).__name__}: {error}"})
-                continue
-            finally:
-                del engine
-                free(setup.device)
+                return
             if name == "baseline":
-                baseline = result["call_s"]
-            helps = None
-            if baseline is not None and name in TUNABLE:
-                helps = result["call_s"] < baseline * KEEP_IF_FASTER
+                baseline["call_s"] = result["call_s"]
+            base = baseline.get("call_s")
             record["levers"].append(
                 {
                     "lever": name,
                     "dtype": lever_dtype,
-                    "switches": switches.fingerprint(),
+                    "switches": engine.switches.fingerprint(),
                     "call_s": result["call_s"],
                     "warmup_s": result["warmup_s"],
                     "peak_memory_gb": result["peak_memory_gb"],
-                    "vs_baseline": None if not baseline else round(result["call_s"] / baseline, 4),
-                    "helps": helps,
+                    "vs_baseline": round(result["call_s"] / base, 4) if base else None,
+                    "helps": result["call_s"] < base * KEEP_IF_FASTER if base and name in TUNABLE else None,
                 }
             )
             self.save()
+
+        engine = Engine(device=str(setup.device), dtype=dtype)
+        lever("baseline", engine, dtype, {})
+        for name, turn_on in per_run.items():
+            switches, text_cache = engine.switches, engine.text_cache
+            lever(name, engine, dtype, turn_on(engine))
+            engine.switches, engine.text_cache = switches, text_cache
+        del engine
+        free(setup.device)
+        for name, (lever_dtype, switches) in at_load.items():
+            try:
+                engine = Engine(device=str(setup.device), dtype=lever_dtype, switches=switches)
+            except Exception as error:
+                record["levers"].append({"lever": name, "error": f"{type(error).__name__}: {error}"})
+                continue
+            lever(name, engine, lever_dtype, {})
+            del engine
+            free(setup.device)
 
     def restart(self, family: str, folder: Path, record: dict[str, Any], dtype: str) -> None:
         """The first image with regional compile: run twice, in two processes sharing TORCHINDUCTOR_CACHE_DIR,
@@ -441,6 +458,13 @@ class Bench:
                 if stock and ours:
                     speed[f"{path}_b{batch}"] = round(stock[0]["call_s"] / ours[0]["call_s"], 3)
         record["speedup_vs_stock"] = speed
+
+
+def _set(engine: Engine, **attributes: Any) -> dict[str, Any]:
+    """Turn a lever the engine reads at each run; no run options."""
+    for name, value in attributes.items():
+        setattr(engine, name, value)
+    return {}
 
 
 def free(device: torch.device) -> None:
