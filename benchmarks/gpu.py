@@ -471,6 +471,10 @@ def free(device: torch.device) -> None:
     import gc
 
     gc.collect()
+    # Compiled code is kept per code object up to a recompile limit, and every engine brings new module
+    # objects: without a reset the tuned path could hit the limit and run eagerly without saying so.
+    # The compiled kernels stay on disk (TORCHINDUCTOR_CACHE_DIR), so the next compile is quicker.
+    torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

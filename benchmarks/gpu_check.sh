@@ -22,7 +22,10 @@ BUDGET=${BUDGET:-465}
 PARTS=" ${PARTS:-sdxl checks flux restart} "
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/atelier-gpu-check.XXXXXX)
+# The models are saved as folders here (SDXL 7 GB, FLUX 33 GB); WORK_ROOT moves them off a small /tmp.
+WORK=$(mktemp -d "${WORK_ROOT:-/tmp}/atelier-gpu-check.XXXXXX")
+mkdir -p "$WORK/tmp"
+export TMPDIR="$WORK/tmp"
 START=$SECONDS
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -57,6 +60,7 @@ part() {
   echo "== $name: up to ${limit}s (at ${SECONDS}s)"
   timeout -k 10 "$limit" "$@"
   local code=$?
+  rm -rf "$WORK"/tmp/atelier-* # a part stopped at its limit leaves its model folder behind
   case $code in
     0) echo "== $name: done" ;;
     124 | 137) echo "== $name: stopped at its ${limit}s limit; what it measured is kept" ;;
@@ -82,6 +86,7 @@ print("python", platform.python_version(), "torch", torch.__version__, "cuda", t
 if torch.cuda.is_available():
     print(torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory // 2**20, "MiB")
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm", "--format=csv"], capture_output=True, text=True).stdout)
+print(subprocess.run(["df", "-h", "/tmp", "."], capture_output=True, text=True).stdout)
 for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "compel", "sqlalchemy", "pipelines.engine", "webui.studio"):
     try:
         module = importlib.import_module(name)
