@@ -120,6 +120,9 @@ def _model_config(values: dict[str, Any]) -> dict[str, Any]:
 def build(family: str, *, tiny: bool, device: torch.device | str, dtype: torch.dtype, seed: int = 0):
     """The family's text-to-image pipeline with random weights, on ``device`` in ``dtype``."""
     torch.manual_seed(seed)
+    # Schedulers keep their tables on the CPU: made outside the device context.
+    scheduler_class = FlowMatchEulerDiscreteScheduler if family == "flux" else EulerDiscreteScheduler
+    scheduler = scheduler_class.from_config(config(family, "scheduler"))
     with torch.device(device):
         vae = AutoencoderKL(**_model_config(config(family, "vae", tiny=tiny)))
         text_encoder = _clip(config(family, "text_encoder", tiny=tiny), with_projection=False)
@@ -131,12 +134,12 @@ def build(family: str, *, tiny: bool, device: torch.device | str, dtype: torch.d
                 tokenizer=tokenizer(77),
                 tokenizer_2=tokenizer(77),
                 unet=UNet2DConditionModel(**_model_config(config(family, "unet", tiny=tiny))),
-                scheduler=EulerDiscreteScheduler.from_config(config(family, "scheduler")),
+                scheduler=scheduler,
             )
         elif family == "flux":
             t5 = config(family, "text_encoder_2", tiny=tiny)
             pipe = FluxPipeline(
-                scheduler=FlowMatchEulerDiscreteScheduler.from_config(config(family, "scheduler")),
+                scheduler=scheduler,
                 vae=vae,
                 text_encoder=text_encoder,
                 tokenizer=tokenizer(77),

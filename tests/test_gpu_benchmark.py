@@ -94,3 +94,21 @@ def test_gpu_check_runs_every_part_at_toy_size(tmp_path):
     assert "| sdxl | stock | float32 | 4 |" in page and "| flux | tuned |" in page
     assert "| out_of_memory | needs CUDA |" in page
     assert "stock time over ours" in page
+
+
+def test_the_kept_configs_are_the_published_models():
+    """Built on the meta device (no memory, no arithmetic): the sizes the model cards publish, and the
+    13.5 TFLOP a guided SDXL step costs at 1024x1024 that issue 18's compute bound starts from."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_models
+
+    sdxl = gpu_models.build("sdxl", tiny=False, device="meta", dtype=torch.float16)
+    assert round(sum(p.numel() for p in sdxl.unet.parameters()) / 1e9, 2) == 2.57
+    assert round(sum(p.numel() for p in sdxl.text_encoder_2.parameters()) / 1e9, 3) == 0.695
+    flops = gpu_models.step_flops(sdxl, "sdxl", batch=1, width=1024, height=1024)
+    assert round(flops / 1e12, 1) == 13.5
+    flux = gpu_models.build("flux", tiny=False, device="meta", dtype=torch.bfloat16)
+    assert round(sum(p.numel() for p in flux.transformer.parameters()) / 1e9, 1) == 11.9
+    assert round(sum(p.numel() for p in flux.text_encoder_2.parameters()) / 1e9, 2) == 4.76
