@@ -90,6 +90,7 @@ class Setup:
     size: int
     steps: dict[str, int]
     lever_steps: int
+    lever_budget: float | None  # seconds for all the levers, so the tuned path after them still runs
     batches: tuple[int, ...]
     out: Path
     work: Path
@@ -338,22 +339,22 @@ class Bench:
             "prompt_cache_off": lambda engine: _set(engine, text_cache=TextEmbeddingCache(0)),
             "previews": lambda engine: {"preview": lambda image: None},
         }
-        at_load: dict[str, tuple[str, Switches]] = {
-            "bf16": ("bfloat16", Switches()),
-            "attention_math": (dtype, Switches(attention="math")),
-            "channels_last": (dtype, Switches(channels_last=True)),
-            "fuse_qkv": (dtype, Switches(fuse_qkv=True)),
-            "vae_upcast_off": (dtype, Switches(vae_upcast="off")),
-        }
+        # The likeliest wins first: when the lever budget runs out, what is left out matters least.
         # Compile and CUDA graphs only on a card: on a CPU the first image takes minutes and says nothing of a GPU.
-        if setup.device.type == "cuda":
+        cuda = setup.device.type == "cuda"
+        at_load: dict[str, tuple[str, Switches]] = {"bf16": ("bfloat16", Switches())}
+        if cuda:
             at_load["compile_regional"] = (dtype, Switches(compile=True, compile_scope="regional"))
-            at_load["compile_regional_cudagraphs"] = (
-                dtype,
-                Switches(compile=True, compile_scope="regional", compile_mode="reduce-overhead"),
-            )
+        at_load["channels_last"] = (dtype, Switches(channels_last=True))
+        at_load["fuse_qkv"] = (dtype, Switches(fuse_qkv=True))
+        at_load["vae_upcast_off"] = (dtype, Switches(vae_upcast="off"))
+        at_load["attention_math"] = (dtype, Switches(attention="math"))
+        if cuda:
+            cudagraphs = Switches(compile=True, compile_scope="regional", compile_mode="reduce-overhead")
+            at_load["compile_regional_cudagraphs"] = (dtype, cudagraphs)
         else:
             record["levers_needing_cuda"] = ["compile_regional", "compile_regional_cudagraphs"]
+        started = time.perf_counter()
         baseline: dict[str, float] = {}
 
         def lever(name: str, engine: Engine, lever_dtype: str, run_options: dict[str, Any]) -> None:
@@ -391,6 +392,12 @@ class Bench:
         del engine
         free(setup.device)
         for name, (lever_dtype, switches) in at_load.items():
+            # The tuned path runs after the levers in the same time box: past the budget, levers are left out.
+            if setup.lever_budget and time.perf_counter() - started > setup.lever_budget:
+                record["levers"].append(
+                    {"lever": name, "skipped": f"the lever budget ({setup.lever_budget} s) was spent"}
+                )
+                continue
             try:
                 engine = Engine(device=str(setup.device), dtype=lever_dtype, switches=switches)
             except Exception as error:
@@ -502,6 +509,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="SDXL's steps (default 30)")
     parser.add_argument("--flux-steps", type=int, default=8, help="FLUX's steps (default 8: its steps cost 8x SDXL's)")
     parser.add_argument("--lever-steps", type=int, default=10, help="steps of each lever's run (default 10)")
+    parser.add_argument(
+        "--lever-budget", type=float, default=130, help="seconds for all levers; 0: no limit (default 130)"
+    )
     parser.add_argument("--families", default="sdxl,flux", help="comma-separated: sdxl, flux")
     parser.add_argument(
         "--parts", default="stock,engine,levers,tuned", help="comma-separated: stock, engine, levers, tuned"
@@ -529,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             size=args.size or (64 if args.tiny else 1024),
             steps={"sdxl": args.steps, "flux": args.flux_steps},
             lever_steps=args.lever_steps,
+            lever_budget=args.lever_budget or None,
             batches=tuple(int(b) for b in args.batches.split(",")),
             out=args.out,
             work=Path(work),

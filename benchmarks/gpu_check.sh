@@ -6,9 +6,9 @@
 # the wheels that benchmarks/gpu_wheels.sh put in .whl/ beforehand (diffusers, transformers, compel,
 # SQLAlchemy, ...), installed into /tmp/site. The device tool's call:
 #
-#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=500)
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=510)
 #
-# Every part has its own time limit inside a total BUDGET (seconds, default 465: the issue's 8 minutes;
+# Every part has its own time limit inside a total BUDGET (seconds, default 470: the issue's 8 minutes;
 # the card's 15 minutes must also hold the machine's start); a part that fails or runs out of time costs
 # only itself, since each writes its JSON after every measurement. PARTS (default "sdxl checks flux
 # restart") picks parts, for a second call that redoes one: PARTS=flux BUDGET=200. Results land in $OUT (at most 8 files come
@@ -18,7 +18,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
-BUDGET=${BUDGET:-465}
+BUDGET=${BUDGET:-470}
 PARTS=" ${PARTS:-sdxl checks flux restart} "
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -96,16 +96,16 @@ for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft
 EOF
 
 # 3. SDXL: stock against the engine, each lever, the tuned engine; the issue's main figures.
-part sdxl 270 "$PY" benchmarks/gpu.py --families sdxl --parts stock,engine,levers,tuned --name gpu_sdxl --out "$WORK" "${SIZE[@]}"
+part sdxl 280 "$PY" benchmarks/gpu.py --families sdxl --parts stock,engine,levers,tuned --name gpu_sdxl --out "$WORK" "${SIZE[@]}"
 cp "$WORK/gpu_sdxl.json" "$OUT/" 2>/dev/null
 
 # 4. The studio's CUDA paths through the real engine and studio (tiny widths: these check paths, not speed).
-part checks 70 "$PY" benchmarks/gpu_checks.py --out "$WORK"
+part checks 60 "$PY" benchmarks/gpu_checks.py --out "$WORK"
 cp "$WORK/checks.json" "$OUT/" 2>/dev/null
 
 # 5. FLUX: stock against the tuned engine (SDXL's lever findings pick its switches). Its 33 GB of
 #    weights take long to save and load, so the engine at today's defaults is left out.
-part flux 130 "$PY" benchmarks/gpu.py --families flux --parts stock,tuned --name gpu_flux --out "$WORK" \
+part flux 125 "$PY" benchmarks/gpu.py --families flux --parts stock,tuned --name gpu_flux --out "$WORK" \
   --levers-from "$WORK/gpu_sdxl.json" "${SIZE[@]}"
 cp "$WORK/gpu_flux.json" "$OUT/" 2>/dev/null
 

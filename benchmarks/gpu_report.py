@@ -62,8 +62,9 @@ def _benchmark(doc: dict[str, Any]) -> list[str]:
                 "| --- | --- | --- | --- | --- | --- |",
             ]
             for lever in record["levers"]:
-                if "error" in lever:
-                    lines.append(f"| {lever['lever']} | failed: {lever['error'][:80]} | | | | |")
+                if "error" in lever or "skipped" in lever:
+                    why = f"failed: {lever['error'][:80]}" if "error" in lever else f"skipped: {lever['skipped']}"
+                    lines.append(f"| {lever['lever']} | {why} | | | | |")
                     continue
                 lines.append(
                     f"| {lever['lever']} | {_cell(lever['call_s'])} | {_cell(lever['vs_baseline'])} | "
