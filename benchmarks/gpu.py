@@ -96,6 +96,7 @@ class Setup:
     work: Path
     name: str = "gpu"
     levers_from: Path | None = None  # an earlier run's JSON whose SDXL lever figures pick the tuned switches
+    report_dir: Path | None = None  # where the markdown goes, when not beside the JSON
 
 
 def sync(device: torch.device) -> None:
@@ -219,7 +220,7 @@ class Bench:
         self.setup.out.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.results, indent=2, default=str)
         (self.setup.out / f"{self.setup.name}.json").write_text(text)
-        write_report([self.results], self.setup.out / f"{self.setup.name}.md")
+        write_report([self.results], (self.setup.report_dir or self.setup.out) / f"{self.setup.name}.md")
 
     def section(self, name: str, body: Callable[[], None]) -> None:
         """One part; a failure is recorded and the next part still runs."""
@@ -545,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             work=Path(work),
             name=args.name,
             levers_from=args.levers_from,
+            report_dir=args.report_dir,
         )
         bench = Bench(setup)
         bench.run(families, set(args.parts.split(",")))

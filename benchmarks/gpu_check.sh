@@ -68,6 +68,16 @@ part() {
   esac
 }
 
+# The JSON goes straight to $OUT, rewritten after every measurement, so even a call stopped from outside
+# brings back what was measured; each part's own markdown stays in $WORK (8 files at most come back).
+TO=(--out "$OUT" --report-dir "$WORK")
+
+# performance.md: every table so far, remade after each part.
+report() {
+  "$PY" benchmarks/gpu_report.py "$OUT/performance.md" "$OUT/gpu_sdxl.json" "$OUT/checks.json" \
+    "$OUT/gpu_flux.json" "$OUT/restart.json" || echo "== report: could not be made"
+}
+
 # 1. The carried libraries, ahead of the image's own.
 # WHEELS=0 (the CPU test) runs on the venv as it is.
 if [ "${WHEELS:-1}" = 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
@@ -96,24 +106,21 @@ for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft
 EOF
 
 # 3. SDXL: stock against the engine, each lever, the tuned engine; the issue's main figures.
-part sdxl 280 "$PY" benchmarks/gpu.py --families sdxl --parts stock,engine,levers,tuned --name gpu_sdxl --out "$WORK" "${SIZE[@]}"
-cp "$WORK/gpu_sdxl.json" "$OUT/" 2>/dev/null
+part sdxl 280 "$PY" benchmarks/gpu.py --families sdxl --parts stock,engine,levers,tuned --name gpu_sdxl "${TO[@]}" "${SIZE[@]}"
+report
 
 # 4. The studio's CUDA paths through the real engine and studio (tiny widths: these check paths, not speed).
-part checks 60 "$PY" benchmarks/gpu_checks.py --out "$WORK"
-cp "$WORK/checks.json" "$OUT/" 2>/dev/null
+part checks 60 "$PY" benchmarks/gpu_checks.py "${TO[@]}"
+report
 
 # 5. FLUX: stock against the tuned engine (SDXL's lever findings pick its switches). Its 33 GB of
 #    weights take long to save and load, so the engine at today's defaults is left out.
-part flux 125 "$PY" benchmarks/gpu.py --families flux --parts stock,tuned --name gpu_flux --out "$WORK" \
-  --levers-from "$WORK/gpu_sdxl.json" "${SIZE[@]}"
-cp "$WORK/gpu_flux.json" "$OUT/" 2>/dev/null
+part flux 125 "$PY" benchmarks/gpu.py --families flux --parts stock,tuned --name gpu_flux "${TO[@]}" \
+  --levers-from "$OUT/gpu_sdxl.json" "${SIZE[@]}"
+report
 
 # 6. A restarted studio's first compiled image: a new process, the compiled code already on disk.
-part restart 60 "$PY" benchmarks/gpu.py --families sdxl --parts restart --name restart --out "$WORK" "${SIZE[@]}"
-cp "$WORK/restart.json" "$OUT/" 2>/dev/null
-
-# 7. One markdown page with every table, for docs/performance.md.
-"$PY" benchmarks/gpu_report.py "$OUT/performance.md" "$OUT/gpu_sdxl.json" "$OUT/checks.json" "$OUT/gpu_flux.json" "$OUT/restart.json"
+part restart 60 "$PY" benchmarks/gpu.py --families sdxl --parts restart --name restart "${TO[@]}" "${SIZE[@]}"
+report
 echo "== all parts ended at ${SECONDS}s; results in $OUT"
 rm -rf "$WORK"

@@ -75,8 +75,11 @@ def request(folder: Path, *, size: int, **fields: Any) -> Text2ImgRequest:
 
 
 class Checks:
-    def __init__(self, device: torch.device, folders: dict[str, Path], size: int, out: Path) -> None:
+    def __init__(
+        self, device: torch.device, folders: dict[str, Path], size: int, out: Path, report_dir: Path | None = None
+    ) -> None:
         self.device, self.folders, self.size, self.out = device, folders, size, out
+        self.report_dir = report_dir or out
         self.results: dict[str, Any] = {
             "kind": "atelier-gpu-checks",
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -108,7 +111,8 @@ class Checks:
         print(f"[checks] {name}: {status} ({seconds} s) {detail[:200]}", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "checks.json").write_text(json.dumps(self.results, indent=2))
-        write_report([self.results], self.out / "checks.md")
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        write_report([self.results], self.report_dir / "checks.md")
         _free(self.device)
 
     # -- the checks --------------------------------------------------------
@@ -225,6 +229,7 @@ def _free(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for checks.json and checks.md")
+    parser.add_argument("--report-dir", type=Path, help="folder for checks.md (default: --out)")
     parser.add_argument("--full", action="store_true", help="the real model sizes (default: tiny widths)")
     parser.add_argument("--size", type=int, default=None, help="image size (default 64 tiny, 1024 full)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             gpu_models.save(pipe, folders[family])
             del pipe
             _free(device)
-        checks = Checks(device, folders, size, args.out)
+        checks = Checks(device, folders, size, args.out, args.report_dir)
         checks.run_all()
     failed = [c["name"] for c in checks.results["checks"] if c["status"] == "failed"]
     print(f"[checks] wrote {args.out / 'checks.json'}; failed: {', '.join(failed) or 'none'}", flush=True)
