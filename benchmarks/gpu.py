@@ -520,6 +520,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", default="1,4", help="batch sizes (default 1,4)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     parser.add_argument("--name", default="gpu", help="the results' file name, without .json/.md (default gpu)")
+    parser.add_argument("--report-dir", type=Path, help="folder for the markdown (default: --out)")
     parser.add_argument(
         "--levers-from", type=Path, help="an earlier run's JSON whose SDXL levers pick FLUX's tuned switches"
     )
