@@ -9,7 +9,7 @@ generation's record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,6 +45,9 @@ def pick_dtype(device: torch.device, preferred: str | None = None) -> torch.dtyp
 ATTENTION = ("sdpa", "math", "xformers")
 VAE_TILING = ("auto", "on", "off")
 AUTO_TILING_PIXELS = 1536 * 1536  # above this, "auto" decodes the image tile by tile
+COMPILE_SCOPES = ("whole", "regional")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+VAE_UPCAST = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,29 @@ class Switches:
     vae_tiling: str = "auto"
     cpu_offload: bool = False  # keep only the running model part on a small GPU
     compile: bool = False  # torch.compile the UNet / transformer (slow first image, faster after)
+    # The GPU levers below (issue 18) all default to off, on CUDA too: none has been measured on a card
+    # yet, and each can move low bits. benchmarks/gpu.py measures each on and off; turn on by default
+    # only what that run shows to help. At these defaults the CPU path's pixels are unchanged.
+    compile_scope: str = "whole"  # regional: only the repeated blocks, so the first image waits far less
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead adds CUDA graphs
+    channels_last: bool = False  # the UNet's convolutions in NHWC, which tensor cores prefer
+    fuse_qkv: bool = False  # one matmul for query, key and value instead of three
+    vae_upcast: str = "auto"  # auto: the VAE config's force_upcast decides; off: decode in the model's dtype
 
     def check(self, device: torch.device) -> None:
         if self.attention not in ATTENTION:
             raise ModelError(f"attention must be one of {', '.join(ATTENTION)}; got {self.attention!r}.")
         if self.vae_tiling not in VAE_TILING:
             raise ModelError(f"vae_tiling must be one of {', '.join(VAE_TILING)}; got {self.vae_tiling!r}.")
+        for name, allowed in (
+            ("compile_scope", COMPILE_SCOPES),
+            ("compile_mode", COMPILE_MODES),
+            ("vae_upcast", VAE_UPCAST),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ModelError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}.")
+        if self.fuse_qkv and self.attention != "sdpa":
+            raise ModelError(f"fuse_qkv works with attention 'sdpa' only; got attention {self.attention!r}.")
         if self.cpu_offload and device.type != "cuda":
             raise ModelError("cpu_offload needs a CUDA GPU; on this machine the model already lives in CPU memory.")
 
@@ -82,12 +102,23 @@ class Switches:
                     pipe.enable_xformers_memory_efficient_attention()
             except (ImportError, ModuleNotFoundError, ValueError, RuntimeError) as error:
                 raise ModelError(f"attention 'xformers' is not available here: {error}") from error
+        if self.fuse_qkv:
+            denoiser.fuse_qkv_projections()
+        if self.channels_last and family != "flux":  # a transformer has no convolutions to lay out
+            denoiser.to(memory_format=torch.channels_last)
+        if self.vae_upcast == "off":
+            pipe.vae.register_to_config(force_upcast=False)
         if self.cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
         if self.compile:
-            denoiser.compile()  # in place: the task pipelines keep sharing this very module
+            # In place: the task pipelines keep sharing this very module.
+            options = {} if self.compile_mode == "default" else {"mode": self.compile_mode}
+            if self.compile_scope == "regional":
+                denoiser.compile_repeated_blocks(fullgraph=True, **options)
+            else:
+                denoiser.compile(**options)
 
     def tile_vae(self, vae: Any, pixels: int) -> None:
         if self.vae_tiling == "on" or (self.vae_tiling == "auto" and pixels > AUTO_TILING_PIXELS):
@@ -96,9 +127,15 @@ class Switches:
             vae.disable_tiling()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        recorded = {
             "attention": self.attention,
             "vae_tiling": self.vae_tiling,
             "cpu_offload": self.cpu_offload,
             "compile": self.compile,
         }
+        # The GPU levers are recorded only when moved from their default, so records made before they
+        # existed still compare equal to a rerun at the defaults.
+        for lever in fields(self):
+            if lever.name not in recorded and getattr(self, lever.name) != lever.default:
+                recorded[lever.name] = getattr(self, lever.name)
+        return recorded

@@ -19,6 +19,7 @@ host needs the package and its model cache, never the data folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -104,12 +105,7 @@ class RayExecutor:
             "device": settings.device or None,
             "dtype": settings.dtype or None,
             "text_cache_size": settings.text_cache_size,
-            "switches": {
-                "attention": switches.attention,
-                "vae_tiling": switches.vae_tiling,
-                "cpu_offload": switches.cpu_offload,
-                "compile": switches.compile,
-            },
+            "switches": dataclasses.asdict(switches),
             # Paths as the GPU hosts see them: they share the model cache and LoRA folder, not the gallery.
             "loras_dir": str(settings.loras_folder),
             "ip_adapter_folders": {

@@ -64,6 +64,12 @@ class Settings:
     vae_tiling: str = "auto"  # auto (above 1536x1536), on or off
     cpu_offload: str = ""  # "1": keep model parts in CPU memory until used (small GPUs)
     compile: str = ""  # "1": torch.compile the UNet / transformer
+    # GPU levers (pipelines/devices.py; benchmarks/gpu.py measures each). Empty: the engine's default, off.
+    compile_scope: str = ""  # whole or regional (the repeated blocks only: a far shorter first image)
+    compile_mode: str = ""  # default, max-autotune-no-cudagraphs, reduce-overhead (CUDA graphs) or max-autotune
+    channels_last: str = ""  # "1": the UNet in channels-last memory layout
+    fuse_qkv: str = ""  # "1": fused query/key/value projections
+    vae_upcast: str = ""  # auto (the VAE's config decides) or off (decode in the model's dtype)
     queue_limit_per_user: int = 10  # queued jobs of one user at most, so one person cannot fill the queue for all
     executor: str = "local"  # local: the engine in this process; ray: a Ray Serve pool (webui/executors.py)
     ray_address: str = ""  # HOST:PORT of a Ray cluster's head; empty: start Ray here with all of this machine's GPUs
@@ -96,7 +102,7 @@ class Settings:
         if self.max_models < 1:
             raise SettingsError(f"ATELIER_MAX_MODELS must be at least 1; got {self.max_models}.")
         _check_security(self)
-        for name in ("cpu_offload", "compile"):
+        for name in ("cpu_offload", "compile", "channels_last", "fuse_qkv"):
             if getattr(self, name) not in ("", "0", "1"):
                 raise SettingsError(f"ATELIER_{name.upper()} must be 1 (on) or 0 (off); got {getattr(self, name)!r}.")
 
@@ -108,11 +114,17 @@ class Settings:
         """The engine's memory and speed switches (pipelines.devices.Switches)."""
         from pipelines.devices import Switches
 
+        levers = {
+            name: getattr(self, name) for name in ("compile_scope", "compile_mode", "vae_upcast") if getattr(self, name)
+        }
         return Switches(
             attention=self.attention,
             vae_tiling=self.vae_tiling,
             cpu_offload=self.cpu_offload == "1",
             compile=self.compile == "1",
+            channels_last=self.channels_last == "1",
+            fuse_qkv=self.fuse_qkv == "1",
+            **levers,
         )
 
     @property

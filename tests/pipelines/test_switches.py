@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.devices import Switches
 from pipelines.engine import Engine
@@ -87,5 +88,40 @@ def test_compile_is_recorded():
     ],
 )
 def test_bad_switches_are_one_sentence(switches, message):
+    with pytest.raises(ModelError, match=message):
+        Engine(switches=switches)
+
+
+def test_gpu_levers_at_their_defaults_leave_the_record_as_it_was():
+    """Records made before the GPU levers existed must still compare equal to a rerun at the defaults."""
+    assert set(Switches().fingerprint()) == {"attention", "vae_tiling", "cpu_offload", "compile"}
+
+
+def test_gpu_levers_keep_the_picture_and_are_recorded(tiny_sdxl_folder):
+    request = {"model": str(tiny_sdxl_folder), "sampler": "Euler"}
+    baseline = pixels(Engine(), **request)
+    switches = Switches(channels_last=True, fuse_qkv=True, vae_upcast="off")
+    engine = Engine(switches=switches)
+    assert np.abs(pixels(engine, **request) - baseline).max() <= 2
+    unet = engine.load(str(tiny_sdxl_folder)).base.unet
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    attention = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    assert attention.fused_projections and hasattr(attention, "to_qkv")
+    assert engine.load(str(tiny_sdxl_folder)).base.vae.config.force_upcast is False
+    environment = engine.environment()
+    assert (environment["channels_last"], environment["fuse_qkv"], environment["vae_upcast"]) == (True, True, "off")
+    assert "compile_scope" not in environment  # at its default
+
+
+@pytest.mark.parametrize(
+    "switches, message",
+    [
+        (Switches(compile_scope="partial"), "compile_scope must be one of whole, regional; got 'partial'"),
+        (Switches(compile_mode="fast"), "compile_mode must be one of default, max-autotune-no-cudagraphs"),
+        (Switches(vae_upcast="always"), "vae_upcast must be one of auto, off; got 'always'"),
+        (Switches(fuse_qkv=True, attention="math"), "fuse_qkv works with attention 'sdpa' only; got attention 'math'"),
+    ],
+)
+def test_bad_gpu_levers_are_one_sentence(switches, message):
     with pytest.raises(ModelError, match=message):
         Engine(switches=switches)
