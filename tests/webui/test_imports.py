@@ -121,10 +121,11 @@ def test_a1111_prompt_only_keeps_every_default() -> None:
         ("DDIM", None, "DDIM"),
         ("UniPC", None, "UniPC"),
         ("LCM", None, "LCM"),
-        ("Euler a", "Karras", None),  # no Karras Euler a of ours
-        ("DPM++ 2M", "Exponential", None),
-        ("DPM++ SDE", "Karras", None),
-        ("Heun", None, None),
+        ("DPM++ 2M", "Exponential", "DPM++ 2M Exponential"),  # diffusers' published table, every schedule
+        ("DPM++ SDE", "Karras", "DPM++ SDE Karras"),
+        ("Heun", None, "Heun"),
+        ("Euler a", "Karras", None),  # no Karras Euler a in diffusers' table
+        ("DPM adaptive", None, None),  # no diffusers scheduler at all
     ],
 )
 def test_a1111_sampler_names(sampler: str, schedule: str | None, ours: str | None) -> None:
