@@ -46,7 +46,17 @@ PARAM_COLUMNS = (
     "model",
     "task",
 )
-IMAGE_COLUMNS = ("generation_id", "file", "sha256", "seed", "user", "created_at", "model")
+IMAGE_COLUMNS = (
+    "generation_id",
+    "file",
+    "sha256",
+    "seed",
+    "user",
+    "created_at",
+    "model",
+    "adherence",  # this image's prompt-adherence score, else its generation's; empty when not scored
+    "adherence_method",
+)
 _PAGE = 200  # board members fetched per search page
 _CHUNK = 1 << 20
 
@@ -110,7 +120,7 @@ def _write(gallery: Gallery, records: Sequence[GenerationRecord], out_path: Path
                     entry = _entry(name, record.created_at, zipfile.ZIP_STORED)
                     with gallery.path(image.path).open("rb") as source, archive.open(entry, "w") as target:
                         _copy_checked(source, target, expected=image.sha256, record=record)
-                    rows.append(_row(record, name, image.sha256, image.seed))
+                    rows.append(_row(record, name, image.sha256, image.seed, image.position))
             # 3. The manifests, stamped with the newest record's time so that the same export gives the same bytes.
             newest = max(record.created_at for record in records)
             for name, data in (("manifest.json", _manifest_json(rows)), ("manifest.csv", _manifest_csv(rows))):
@@ -137,7 +147,10 @@ def _copy_checked(source: Any, target: Any, *, expected: str, record: Generation
         )
 
 
-def _row(record: GenerationRecord, name: str, sha256: str, seed: int | None) -> dict[str, Any]:
+def _row(record: GenerationRecord, name: str, sha256: str, seed: int | None, position: int) -> dict[str, Any]:
+    detail = record.adherence_detail or {}
+    scored = detail.get("images") or []
+    own = scored[position].get("score") if position < len(scored) else None
     return {
         "generation_id": record.id,
         "file": name,
@@ -146,6 +159,8 @@ def _row(record: GenerationRecord, name: str, sha256: str, seed: int | None) -> 
         "user": record.user,
         "created_at": record.created_at.isoformat(),
         "model": record.model,
+        "adherence": record.adherence if own is None else own,
+        "adherence_method": detail.get("method"),
         "params": record.params,
     }
 

@@ -69,6 +69,7 @@ class Settings:
     ray_min_replicas: int = 1  # replicas kept running while idle
     ray_max_replicas: int = 0  # replicas at most (one per GPU); 0: one per GPU of the cluster when the pool starts
     ray_threads: int = 0  # torch threads per replica; 0: torch's default (CPU-only pools and tests pin it)
+    adherence_model: str = ""  # a CLIP folder or cached hub id that scores prompt adherence; never downloaded
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())

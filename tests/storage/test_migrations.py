@@ -77,7 +77,7 @@ def test_upgrade_to_0002_keeps_every_row_and_indexes_old_prompts(engine: Engine,
 
     assert snapshot(engine, *tables) == before  # every 0001 column of every row, unchanged
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0005"
+        assert MigrationContext.configure(connection).get_current_revision() == "0006"
     with Gallery(url=db_url, data_dir=tmp_path) as gallery:
         old = gallery.get(2)
         assert (old.starred, old.review, old.review_note, old.tags, old.boards) == (False, "none", None, (), ())
@@ -136,4 +136,4 @@ def test_0005_keeps_reference_images_and_downgrades_without_them(
         assert roles == ["output"]
     upgrade(engine)
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0005"
+        assert MigrationContext.configure(connection).get_current_revision() == "0006"
