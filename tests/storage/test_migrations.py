@@ -137,3 +137,23 @@ def test_0005_keeps_reference_images_and_downgrades_without_them(
     upgrade(engine)
     with engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0006"
+
+
+def test_0006_leaves_older_generations_unscored_and_downgrades_without_the_columns(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    tables = fill_0001(engine)
+    upgrade(engine, revision="0005")
+    before = snapshot(engine, *tables)
+
+    upgrade(engine)
+
+    with Gallery(url=db_url, data_dir=tmp_path) as gallery:
+        assert [(r.adherence, r.adherence_detail) for r in gallery.search().records] == [(None, None)] * 3
+        assert gallery.search(order="adherence").records[0].id == 3  # the unscored, newest first
+        assert gallery.count(min_adherence=0) == 0
+    downgrade(engine, revision="0005")
+    with engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
+    assert {"adherence", "adherence_detail"}.isdisjoint(columns)
+    assert snapshot(engine, *tables) == before
