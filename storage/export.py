@@ -52,7 +52,17 @@ PARAM_COLUMNS = (
     "model",
     "task",
 )
-IMAGE_COLUMNS = ("generation_id", "file", "sha256", "seed", "user", "created_at", "model")
+IMAGE_COLUMNS = (
+    "generation_id",
+    "file",
+    "sha256",
+    "seed",
+    "user",
+    "created_at",
+    "model",
+    "adherence",  # this image's prompt-adherence score, else its generation's; empty when not scored
+    "adherence_method",
+)
 _PAGE = 200  # board members fetched per search page
 _CHUNK = 1 << 20
 
@@ -134,7 +144,7 @@ def _write(gallery: Gallery, records: Sequence[GenerationRecord], out_path: Path
                             png = io.BytesIO()
                             _copy_checked(source, png, expected=image.sha256, record=record)
                             target.write(exif_copy(png.getvalue(), image_format))
-                    rows.append(_row(record, name, image.sha256, image.seed))
+                    rows.append(_row(record, name, image.sha256, image.seed, image.position))
             # 3. The manifests, stamped with the newest record's time so that the same export gives the same bytes.
             newest = max(record.created_at for record in records)
             for name, data in (("manifest.json", _manifest_json(rows)), ("manifest.csv", _manifest_csv(rows))):
@@ -161,7 +171,10 @@ def _copy_checked(source: Any, target: Any, *, expected: str, record: Generation
         )
 
 
-def _row(record: GenerationRecord, name: str, sha256: str, seed: int | None) -> dict[str, Any]:
+def _row(record: GenerationRecord, name: str, sha256: str, seed: int | None, position: int) -> dict[str, Any]:
+    detail = record.adherence_detail or {}
+    scored = detail.get("images") or []
+    own = scored[position].get("score") if position < len(scored) else None
     return {
         "generation_id": record.id,
         "file": name,
@@ -170,6 +183,8 @@ def _row(record: GenerationRecord, name: str, sha256: str, seed: int | None) -> 
         "user": record.user,
         "created_at": record.created_at.isoformat(),
         "model": record.model,
+        "adherence": record.adherence if own is None else own,
+        "adherence_method": detail.get("method"),
         "params": record.params,
     }
 

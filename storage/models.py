@@ -159,6 +159,10 @@ class Generation(Base):
     started_at: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
+    # Prompt adherence (migration 0006): the score in [0, 1] the gallery sorts by, and what
+    # the scorer matched or why it gave none. NULL for generations never scored.
+    adherence: Mapped[float | None] = mapped_column(Float, index=True)
+    adherence_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     images: Mapped[list[Image]] = relationship(
         back_populates="generation",

@@ -104,6 +104,10 @@ class GenerationRecord(GenerationFields):
     started_at: datetime | None  # when a worker took it; None while queued, or if never started
     lease_owner: str | None  # the worker that ran it, or runs it: "host:pid:token"
     lease_expires_at: datetime | None  # while running: when it counts as interrupted unless renewed
+    # Prompt adherence in [0, 1] (pipelines/adherence.py); None when not scored: an older
+    # record, one still running or failed, or a model nothing can score (`adherence_detail` says why).
+    adherence: float | None = None
+    adherence_detail: dict[str, Any] | None = None
 
     @property
     def outputs(self) -> tuple[ImageRecord, ...]:
@@ -115,7 +119,8 @@ class SearchFilter:
     """Which generations `Gallery.search`, `count` and `list` consider; a field left None matches everything.
 
     `text` as `Gallery.search` describes; `created_from` is inclusive,
-    `created_to` exclusive; `board` is a board's name.
+    `created_to` exclusive; `board` is a board's name; `min_adherence` a
+    score from 0 to 1.
     """
 
     text: str | None = None
@@ -129,6 +134,7 @@ class SearchFilter:
     board: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
+    min_adherence: float | None = None  # inclusive; unscored generations never match it
 
 
 @dataclass(frozen=True)

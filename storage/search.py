@@ -70,9 +70,10 @@ from sqlalchemy import (
 from storage.errors import StorageError
 from storage.models import REVIEWS, SEARCH_TABLE, STATUSES, Board, BoardItem, Generation, Tag
 from storage.records import SearchFilter
-from storage.validators import check_flag, check_tag, check_text, check_time, check_word
+from storage.validators import check_flag, check_score, check_tag, check_text, check_time, check_word
 
 MAX_TEXT = 500
+ORDERS = ("newest", "adherence")  # how `Gallery.search` may order a page
 RANK_WINDOW = 1000  # the newest this many text matches are ranked; older ones follow, newest first
 _SHORTEST_PREFIX = 3
 _WORD = re.compile(r"[^\W_]+")  # what FTS5's unicode61 tokenizer keeps: letters and digits
@@ -171,6 +172,51 @@ class Ranked:
     def count(self) -> Select[Any]:
         return select(func.count()).select_from(self._source).where(*self._where)
 
+    def matching(self) -> ColumnElement[bool]:
+        """The text as one more filter on `generations`, for an order other than the match's."""
+        return Generation.id.in_(select(self.id).select_from(self._source).where(self._match))
+
+
+def by_adherence(where: Sequence[ColumnElement[bool]], *, after: str | None, limit: int) -> Select[Any]:
+    """Generations best adherence first, ties and the unscored (last) newest first; keyset after a cursor.
+
+    The cursor is `adherence_cursor` of the last row shown: its score ("" when
+    unscored) and id, so a page costs the same wherever it starts.
+    """
+    query = select(Generation).where(*where)
+    if after is not None:
+        score, generation_id = _decode_adherence(after)
+        if score is None:
+            query = query.where(Generation.adherence.is_(None), Generation.id < generation_id)
+        else:
+            query = query.where(
+                or_(
+                    Generation.adherence < score,
+                    and_(Generation.adherence == score, Generation.id < generation_id),
+                    Generation.adherence.is_(None),
+                )
+            )
+    # NULLs last on both backends (SQLite puts them first, PostgreSQL last, for DESC without this).
+    return query.order_by(Generation.adherence.is_(None), Generation.adherence.desc(), Generation.id.desc()).limit(
+        limit
+    )
+
+
+def adherence_cursor(score: float | None, generation_id: int) -> str:
+    return f"a:{'' if score is None else repr(score)}:{generation_id}"
+
+
+def _decode_adherence(cursor: str) -> tuple[float | None, int]:
+    parts = cursor.split(":") if isinstance(cursor, str) else []
+    try:
+        if len(parts) == 3 and parts[0] == "a":
+            score = float(parts[1]) if parts[1] else None
+            if score is None or math.isfinite(score):
+                return score, int(parts[2])
+    except ValueError:
+        pass
+    raise StorageError("cursor must be the next_cursor of a page of this same search (ordered by adherence).")
+
 
 @dataclass(frozen=True)
 class Cursor:
@@ -237,6 +283,8 @@ def conditions(chosen: SearchFilter) -> list[ColumnElement[bool]]:
     if chosen.board is not None:
         on_board = select(BoardItem.generation_id).join(Board, Board.id == BoardItem.board_id)
         where.append(Generation.id.in_(on_board.where(Board.name == check_text(chosen.board, field="board"))))
+    if chosen.min_adherence is not None:
+        where.append(Generation.adherence >= check_score(chosen.min_adherence, field="min_adherence"))
     created_from, created_to = chosen.created_from, chosen.created_to
     if created_from is not None:
         where.append(Generation.created_at >= check_time(created_from, field="created_from"))

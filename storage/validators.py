@@ -8,6 +8,7 @@ project but its errors, so any module can use it without a cycle.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -98,6 +99,15 @@ def check_ids(generation_ids: Iterable[int]) -> list[int]:
         if isinstance(generation_id, bool) or not isinstance(generation_id, int):
             raise StorageError(f"generation_ids must hold whole numbers, not {generation_id!r}.")
     return list(dict.fromkeys(ids))
+
+
+def check_score(value: object, *, field: str) -> float:
+    """An adherence score: a number from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StorageError(f"{field} must be a number from 0 to 1, not {value!r}.")
+    if not 0 <= value <= 1:
+        raise StorageError(f"{field} must be from 0 to 1, not {value}.")
+    return float(value)
 
 
 def check_duration(duration_ms: int | None) -> int | None:

@@ -131,13 +131,13 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     listing = gallery_command("list", "Newest generations first.")
-    listing.add_argument("--limit", type=int, default=20)
-    listing.add_argument("--json", action="store_true")
-
     search = gallery_command("search", "Generations whose prompt or negative prompt has every word, best match first.")
     search.add_argument("text")
-    search.add_argument("--limit", type=int, default=20)
-    search.add_argument("--json", action="store_true")
+    for sub in (listing, search):
+        sub.add_argument("--limit", type=int, default=20)
+        sub.add_argument("--json", action="store_true")
+        sub.add_argument("--by-adherence", action="store_true", help="best prompt adherence first, unscored last")
+        sub.add_argument("--min-adherence", type=float, help="only generations scoring at least this (0 to 1)")
 
     show = gallery_command("show", "Everything about one generation: parameters, images, family, review state.")
     show.add_argument("id", type=int)
@@ -301,11 +301,17 @@ def _fail(message: object) -> int:
 
 
 def _row_json(record, gallery) -> dict[str, Any]:
-    return {**_record_json(record, gallery), "prompt": record.prompt, "created_at": record.created_at.isoformat()}
+    return {
+        **_record_json(record, gallery),
+        "prompt": record.prompt,
+        "created_at": record.created_at.isoformat(),
+        "adherence": record.adherence,
+    }
 
 
 def _print_row(record) -> None:
-    print(f"{record.id:>6}  {record.created_at:%Y-%m-%d %H:%M}  {record.status:<9}  {record.prompt[:60]}")
+    score = "" if record.adherence is None else f"  adherence {record.adherence:.2f}"
+    print(f"{record.id:>6}  {record.created_at:%Y-%m-%d %H:%M}  {record.status:<9}  {record.prompt[:60]}{score}")
 
 
 def _when(moment) -> str | None:
@@ -348,6 +354,8 @@ def _show_json(record, children, gallery) -> dict[str, Any]:
         "boards": list(record.boards),
         "environment": record.environment,
         "timings": record.timings,
+        "adherence": record.adherence,
+        "adherence_detail": record.adherence_detail,
     }
 
 
@@ -427,10 +435,13 @@ def _gallery(args: argparse.Namespace, settings: Settings) -> int:
         with build_services(settings) as services:
             gallery = services.gallery
             if args.gallery_command in ("list", "search"):
-                if args.gallery_command == "list":
+                text = args.text if args.gallery_command == "search" else None
+                if text is None and not args.by_adherence and args.min_adherence is None:
                     records = gallery.list(limit=args.limit)
                 else:
-                    records = list(gallery.search(text=args.text, limit=args.limit).records)
+                    order = "adherence" if args.by_adherence else "newest"
+                    found = gallery.search(text=text, min_adherence=args.min_adherence, order=order, limit=args.limit)
+                    records = list(found.records)
                 if args.json:
                     print(json.dumps([_row_json(record, gallery) for record in records]))
                 else:

@@ -85,6 +85,7 @@ class Settings:
     login_delay: float = 1.0  # seconds of back-off after the first slowed failure; doubles with each one
     trusted_proxies: str = ""  # proxies' addresses (comma-separated IPs or networks) whose X-Forwarded-For counts
     root_path: str = ""  # the path the studio is served under behind a proxy, e.g. /atelier
+    adherence_model: str = ""  # a CLIP folder or cached hub id that scores prompt adherence; never downloaded
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())

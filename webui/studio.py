@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from pipelines.adherence import Adherence, AdherenceScorer
 from pipelines.errors import ModelError, check_family
 from pipelines.progress import CancelToken, ProgressFn
 from pipelines.requests import GenerationRequest, RequestError, pixel_hash, request_from_dict
@@ -80,6 +81,7 @@ class Studio:
         self._enqueue_lock = threading.Lock()  # the queue limit's count and the insert, as one step
         self._workers_lock = threading.Lock()
         self._workers: Workers | None = None
+        self.scorer = AdherenceScorer(clip_model=settings.adherence_model, device=settings.device)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Studio:
@@ -374,7 +376,9 @@ class Studio:
                 duration_ms=result.duration_ms,
                 model_revision=revision,
             )
-        # 2. Files and rows land together: the inputs not stored yet, what the
+        # 2. How well the outputs follow the prompt, scored here, by the worker that ran the job.
+        adherence = self._score(request, result.images, timings)
+        # 3. Files and rows land together: the inputs not stored yet, what the
         #    engine made from them (control maps), and the outputs.
         images = [*inputs, *(ImageInput(role=role, image=image) for role, image in result.derived)]
         images += [
@@ -390,6 +394,7 @@ class Studio:
                 timings=timings,
                 duration_ms=result.duration_ms,
                 model_revision=revision,
+                adherence=adherence.to_dict(),
             )
         except OSError as error:
             # A full or read-only data folder: storage wrote nothing (files.py), so
@@ -410,6 +415,20 @@ class Studio:
                     "Could not record generation %s as failed; it reads as interrupted after its lease.", record.id
                 )
             raise StudioError(message) from error
+
+    def _score(self, request: GenerationRequest, images: list[Any], timings: dict[str, Any]) -> Adherence:
+        """The outputs' prompt adherence; a CLIP model that will not load leaves them unscored, saying why."""
+        started = time.perf_counter()
+        texts = getattr(request, "prompts", None) or [request.prompt]
+        # Several prompt lines (inpaint) give batch_size images each, in order.
+        prompts = [texts[min(i // request.batch_size, len(texts) - 1)] for i in range(len(images))]
+        try:
+            adherence = self.scorer.score(model=request.model, prompts=prompts, images=images)
+        except ModelError as error:
+            log.warning("Prompt adherence not scored: %s", error)
+            adherence = Adherence(score=None, method=None, reason=str(error))
+        timings["adherence_ms"] = _elapsed_ms(started)
+        return adherence
 
     def _end_failed(self, record: GenerationRecord, message: str, *, started: float) -> None:
         environment = self._engine.environment() if self._engine is not None else {}

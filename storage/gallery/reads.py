@@ -16,8 +16,8 @@ from storage.errors import StorageError
 from storage.gallery.core import GalleryCore, in_order
 from storage.models import Generation
 from storage.records import GenerationRecord, Page, SearchFilter
-from storage.search import Cursor, Ranked, conditions, words
-from storage.validators import check_limit
+from storage.search import ORDERS, Cursor, Ranked, adherence_cursor, by_adherence, conditions, words
+from storage.validators import check_limit, check_word
 
 
 class Reads(GalleryCore):
@@ -38,7 +38,14 @@ class Reads(GalleryCore):
             return self._records(session, rows)
 
     def search(
-        self, chosen: SearchFilter | None = None, /, *, limit: int = 50, cursor: str | None = None, **filters: Any
+        self,
+        chosen: SearchFilter | None = None,
+        /,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        order: str = "newest",
+        **filters: Any,
     ) -> Page:
         """Generations matching every filter given: newest first, or best match first when `text` has words.
 
@@ -52,13 +59,17 @@ class Reads(GalleryCore):
         follow newest first. `created_from` is inclusive, `created_to`
         exclusive; `board` is a board's name. Pass a page's `next_cursor` as
         `cursor` for the next; storage/search.py says how the pages stay
-        correct while the gallery changes.
+        correct while the gallery changes. `order="adherence"` puts the best
+        prompt adherence first (the unscored last), the text then only filters.
         """
         # 1. Check inputs.
         check_limit(limit)
+        check_word(order, ORDERS, field="order")
         chosen = _filter(chosen, filters)
         where = conditions(chosen)
         found = words(chosen.text)
+        if order == "adherence":
+            return self._by_adherence(where, found, cursor=cursor, limit=limit)
         after = Cursor.decode(cursor, found)
         self.expire_leases()
         with Session(self._engine) as session, session.begin():
@@ -73,6 +84,18 @@ class Reads(GalleryCore):
                 rows = in_order(session, [c.generation_id for c in cursors[:limit]])
             # 3. The records, and where the next page starts.
             next_cursor = cursors[limit - 1].encode(found) if len(cursors) > limit else None
+            return Page(records=tuple(self._records(session, rows[:limit])), next_cursor=next_cursor)
+
+    def _by_adherence(
+        self, where: list[ColumnElement[bool]], found: tuple[str, ...], *, cursor: str | None, limit: int
+    ) -> Page:
+        if found:
+            where = [*where, Ranked(self._database.dialect, found, []).matching()]
+        self.expire_leases()
+        with Session(self._engine) as session, session.begin():
+            rows = session.scalars(by_adherence(where, after=cursor, limit=limit + 1)).all()
+            last = rows[limit - 1] if len(rows) > limit else None
+            next_cursor = None if last is None else adherence_cursor(last.adherence, last.id)
             return Page(records=tuple(self._records(session, rows[:limit])), next_cursor=next_cursor)
 
     def count(self, chosen: SearchFilter | None = None, /, **filters: Any) -> int:

@@ -21,7 +21,7 @@ from storage.models import Generation, Image
 from storage.pngmeta import png_text_chunks
 from storage.queue import check_lease, lease_held
 from storage.records import GenerationRecord, ImageInput, NewGeneration
-from storage.validators import check_duration, check_text, json_object
+from storage.validators import check_duration, check_score, check_text, json_object
 
 _END_STATUSES = ("failed", "cancelled")
 
@@ -76,13 +76,17 @@ class Runs(GalleryCore):
         timings: Mapping[str, Any],
         duration_ms: int | None,
         model_revision: str | None = None,
+        adherence: Mapping[str, Any] | None = None,
     ) -> GenerationRecord:
         """Mark a running generation "succeeded" and land its images with their rows.
 
         Images of a role the job already has (a queued job's inputs) follow
         them in position. `model_revision`, when given, is recorded: a queued
-        job learns it only when its worker loads the model. Raises LeaseLost,
-        storing nothing, when the job's lease ran out first (it is interrupted).
+        job learns it only when its worker loads the model. `adherence` is the
+        scorer's result (pipelines/adherence.py `Adherence.to_dict()`): its
+        "score" (from 0 to 1, or None) becomes the record's `adherence`, the
+        whole of it `adherence_detail`. Raises LeaseLost, storing nothing,
+        when the job's lease ran out first (it is interrupted).
         """
         try:
             return self._finish(
@@ -92,6 +96,7 @@ class Runs(GalleryCore):
                 timings=timings,
                 duration_ms=duration_ms,
                 model_revision=model_revision,
+                adherence=adherence,
             )
         finally:
             # Whatever happened, that was the job's last word from this process,
@@ -186,9 +191,18 @@ class Runs(GalleryCore):
         timings: Mapping[str, Any],
         duration_ms: int | None,
         model_revision: str | None = None,
+        adherence: Mapping[str, Any] | None = None,
     ) -> GenerationRecord:
         # 1. Check every input before anything is written.
         check_images(images)
+        scored: dict[str, Any] = {}
+        if adherence is not None:
+            detail = json_object(adherence, field="adherence")
+            score = detail.get("score")
+            scored = {
+                "adherence": None if score is None else check_score(score, field="adherence score"),
+                "adherence_detail": detail,
+            }
         for number, item in enumerate(images, start=1):
             if item.role == "output" and item.seed is None:
                 raise StorageError(f"Output image {number} has no seed; every output needs the seed that made it.")
@@ -222,6 +236,7 @@ class Runs(GalleryCore):
                 timings=timings,
                 duration_ms=duration_ms,
                 model_revision=model_revision,
+                **scored,
             )
             session.add_all(rows)
             session.flush()

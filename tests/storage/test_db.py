@@ -29,7 +29,7 @@ def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
         # The search table that only the migrations know (storage.models.include_name) is left out.
         context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0006"
+        assert context.get_current_revision() == "0007"
         assert {name for name in inspect(connection).get_table_names() if include_name(name, "table", {})} == {
             "alembic_version",
             "generations",
@@ -53,7 +53,7 @@ def test_upgrade_twice_is_harmless(engine: Engine) -> None:
 
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT count(*) FROM generations")) == 1
-        assert MigrationContext.configure(connection).get_current_revision() == "0006"
+        assert MigrationContext.configure(connection).get_current_revision() == "0007"
 
 
 def test_every_sqlite_connection_gets_the_pragmas(engine: Engine) -> None:

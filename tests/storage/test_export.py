@@ -71,12 +71,14 @@ def test_zip_holds_the_gallery_files_byte_for_byte_and_a_manifest(
         "user": "ann",
         "created_at": first.created_at.isoformat(),
         "model": "embedded",
+        "adherence": None,  # never scored
+        "adherence_method": None,
         "params": first.params,
     }
     assert manifest[2]["user"] == "bob" and manifest[2]["params"]["sampler"] == "DDIM"
 
     assert list(table[0]) == [
-        "generation_id", "file", "sha256", "seed", "user", "created_at", "model",
+        "generation_id", "file", "sha256", "seed", "user", "created_at", "model", "adherence", "adherence_method",
         "params.prompt", "params.negative_prompt", "params.seed", "params.num_inference_steps",
         "params.guidance_scale", "params.width", "params.height", "params.sampler", "params.model", "params.task",
         "params.batch_size",
@@ -90,6 +92,8 @@ def test_zip_holds_the_gallery_files_byte_for_byte_and_a_manifest(
         "user": "ann",
         "created_at": first.created_at.isoformat(),
         "model": "embedded",
+        "adherence": "",
+        "adherence_method": "",
         "params.prompt": "a red circle",
         "params.negative_prompt": "blurry",
         "params.seed": "42",
@@ -102,6 +106,37 @@ def test_zip_holds_the_gallery_files_byte_for_byte_and_a_manifest(
         "params.task": "txt2img",
         "params.batch_size": "2",
     }
+
+
+def test_the_manifests_give_each_image_its_own_adherence_score(
+    tmp_path: Path, gallery: Gallery, new_generation: NewFactory
+) -> None:
+    record = gallery.start(new_generation(prompt="a red circle", seed=42, batch_size=2))
+    images = [
+        ImageInput("output", Image.new("RGB", (32, 32), colour), seed=42 + i)
+        for i, colour in enumerate(("red", "blue"))
+    ]
+    scored = {"score": 0.75, "method": "embedded-world", "images": [{"score": 1.0}, {"score": 0.5}]}
+    gallery.finish(record.id, images=images, environment={}, timings={}, duration_ms=1, adherence=scored)
+    unscored = gallery.start(new_generation(model="org/model", seed=7, batch_size=1))
+    why = {"score": None, "method": None, "images": [], "reason": "no CLIP model is configured"}
+    gallery.finish(unscored.id, images=images[:1], environment={}, timings={}, duration_ms=1, adherence=why)
+
+    export_zip(gallery, [record.id, unscored.id], tmp_path / "out.zip")
+
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        table = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert [(e["adherence"], e["adherence_method"]) for e in manifest] == [
+        (1.0, "embedded-world"),
+        (0.5, "embedded-world"),
+        (None, None),
+    ]
+    assert [(row["adherence"], row["adherence_method"]) for row in table] == [
+        ("1.0", "embedded-world"),
+        ("0.5", "embedded-world"),
+        ("", ""),
+    ]
 
 
 def test_the_same_export_gives_the_same_bytes(

@@ -77,7 +77,7 @@ def test_upgrade_to_0002_keeps_every_row_and_indexes_old_prompts(engine: Engine,
 
     assert snapshot(engine, *tables) == before  # every 0001 column of every row, unchanged
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0006"
+        assert MigrationContext.configure(connection).get_current_revision() == "0007"
     with Gallery(url=db_url, data_dir=tmp_path) as gallery:
         old = gallery.get(2)
         assert (old.starred, old.review, old.review_note, old.tags, old.boards) == (False, "none", None, (), ())
@@ -136,4 +136,24 @@ def test_0005_keeps_reference_images_and_downgrades_without_them(
         assert roles == ["output"]
     upgrade(engine)
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0006"
+        assert MigrationContext.configure(connection).get_current_revision() == "0007"
+
+
+def test_0007_leaves_older_generations_unscored_and_downgrades_without_the_columns(
+    engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    tables = fill_0001(engine)
+    upgrade(engine, revision="0006")
+    before = snapshot(engine, *tables)
+
+    upgrade(engine)
+
+    with Gallery(url=db_url, data_dir=tmp_path) as gallery:
+        assert [(r.adherence, r.adherence_detail) for r in gallery.search().records] == [(None, None)] * 3
+        assert gallery.search(order="adherence").records[0].id == 3  # the unscored, newest first
+        assert gallery.count(min_adherence=0) == 0
+    downgrade(engine, revision="0006")
+    with engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("generations")}
+    assert {"adherence", "adherence_detail"}.isdisjoint(columns)
+    assert snapshot(engine, *tables) == before

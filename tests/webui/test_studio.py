@@ -93,3 +93,30 @@ def test_a_crash_mid_generation_leaves_a_failed_record_and_no_file(studio):
     assert "GPU fell off the bus" in record.error
     assert record.images == ()
     assert not list((studio.settings.data_dir / "images").rglob("*.png"))
+
+
+def test_every_generation_gets_its_prompt_adherence_scored_by_the_worker(studio):
+    from PIL import Image as PILImage
+
+    from pipelines.embedded.world import classify
+
+    record = studio.submit(request(prompt="a yellow square on a black background", batch_size=2), user="ada")
+
+    stored = studio.gallery.get(record.id)
+    detail = stored.adherence_detail
+    assert detail["method"] == "embedded-world" and len(detail["images"]) == 2
+    for image, scored in zip(stored.outputs, detail["images"], strict=True):
+        # What the score says was seen is what the stored picture shows.
+        reading = classify(PILImage.open(studio.gallery.path(image.path)))
+        assert scored["checks"]["shape"]["seen"] == reading.shape
+        assert scored["checks"]["background"]["seen"] == reading.background
+    assert stored.adherence == pytest.approx(sum(i["score"] for i in detail["images"]) / 2, abs=1e-3)
+    assert stored.timings["adherence_ms"] >= 0
+    # A queued job is scored by the GPU worker that ran it, the same way.
+    ticket = studio.workers.enqueue(request(prompt="a red circle on a blue background", seed=3), user="ada")
+    queued = ticket.wait(studio.gallery, waiting=lambda place: None, progress=lambda step, total: None)
+    assert queued.adherence_detail["method"] == "embedded-world" and 0 <= queued.adherence <= 1
+    assert [r.id for r in studio.gallery.search(order="adherence", min_adherence=0).records][0] in (
+        record.id,
+        queued.id,
+    )

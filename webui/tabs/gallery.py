@@ -38,6 +38,7 @@ STATUSES = ("succeeded", "queued", "running", "failed", "cancelled", "interrupte
 # What other tools and sites take besides PNG: the same parameters text in EXIF (storage/pngmeta.exif_copy).
 DOWNLOAD_FORMATS = {"JPEG": "jpeg", "WebP": "webp"}
 EXPORT_FORMATS = {"PNG": "png", **DOWNLOAD_FORMATS}
+ORDERS = {"Newest first": "newest", "Best adherence first": "adherence"}
 REVIEW_BADGES = {"approved": "✅ approved", "rejected": "⛔ rejected", "none": "not reviewed"}
 
 
@@ -74,6 +75,7 @@ def describe(record: GenerationRecord, *, place: int | None = None) -> str:
         f"**Review** {REVIEW_BADGES.get(record.review, record.review)}"
         + (f" by {record.reviewed_by}" if record.reviewed_by else ""),
     ]
+    lines.append(f"**Prompt adherence** {adherence(record)}")
     if record.tags:
         lines.append("**Tags** " + ", ".join(_code(tag) for tag in record.tags))
     if record.boards:
@@ -88,6 +90,24 @@ def describe(record: GenerationRecord, *, place: int | None = None) -> str:
             f"diffusers {environment.get('diffusers', '?')}"
         )
     return "\n\n".join(lines)
+
+
+def adherence(record: GenerationRecord) -> str:
+    """The score and how it was made, or why there is none (pipelines/adherence.py)."""
+    detail = record.adherence_detail
+    if detail is None:
+        return "not scored" + (" (made before scoring)" if record.status == "succeeded" else "")
+    if record.adherence is None:
+        return f"not scored: {_code(str(detail.get('reason', 'no reason given')))}"
+    parts = [f"{record.adherence:.2f} ({detail.get('method')})"]
+    for number, image in enumerate(detail.get("images") or [], start=1):
+        checks = image.get("checks") or {}
+        missed = [
+            f"{name} {check['seen']} for {check['asked']}" for name, check in checks.items() if not check["match"]
+        ]
+        if missed:
+            parts.append(f"image {number}: " + ", ".join(missed))
+    return " · ".join(parts)
 
 
 def lineage(record: GenerationRecord, children: list[GenerationRecord]) -> str:
@@ -160,14 +180,14 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         """One page of thumbnails; ``cursors`` holds where each shown page starts."""
         try:
             result = gallery.search(**chosen, limit=PAGE_SIZE, cursor=cursors[-1])
-            total = gallery.count(**chosen)
+            total = gallery.count(**{name: value for name, value in chosen.items() if name != "order"})
         except StorageError as error:
             raise gr.Error(str(error)) from None
         records = list(result.records)
         items = [
             (
                 str(gallery.path(r.outputs[0].thumb_path)) if r.outputs else placeholder(r.status),
-                f"#{r.id} · {r.prompt[:60]}",
+                f"#{r.id} · {r.prompt[:60]}" + ("" if r.adherence is None else f" · adherence {r.adherence:.2f}"),
             )
             for r in records
         ]
@@ -179,6 +199,12 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
         text, scope, who, model, task, review, starred, tag, board, since, until, status, request: gr.Request
     ) -> tuple:
         chosen = filters(text, scope, who, model, task, review, starred, tag, board, since, until, status, request)
+        items, ids, info, next_cursor = page(chosen, [None])
+        return items, ids, info, chosen, [None], next_cursor
+
+    def rank(chosen: dict[str, Any], order: str, least: float | None) -> tuple:
+        """The search shown, ordered and cut by prompt adherence; gallery_search's own answer is left as it was."""
+        chosen = {**chosen, "order": ORDERS.get(order, "newest"), "min_adherence": least}
         items, ids, info, next_cursor = page(chosen, [None])
         return items, ids, info, chosen, [None], next_cursor
 
@@ -405,6 +431,8 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
             since = gr.Textbox(label="From", placeholder="2026-11-01")
             until = gr.Textbox(label="To", placeholder="2026-11-30")
             status = gr.Dropdown(STATUSES, value="succeeded", label="Status")
+            order = gr.Dropdown(list(ORDERS), value="Newest first", label="Order")
+            least = gr.Number(label="Min adherence", value=None, minimum=0, maximum=1, step=0.05)
     with gr.Row():
         search_button = gr.Button("Search", variant="primary", size="sm")
         refresh_button = gr.Button("↻ Newest", size="sm")
@@ -489,12 +517,15 @@ def build(*, settings: Settings, gallery: Gallery, jobs: Jobs, workers: Workers)
     ]
     # Every event that can refuse something is queued: Gradio shows a queued event's gr.Error as a
     # message, and an unqueued one's as a bare "Error" badge on its outputs.
+    # Order and minimum adherence come after the search, so /gallery_search keeps its inputs for API callers.
     gr.on(
         [search_button.click, search_text.submit],
         search,
         inputs=filter_inputs,
         outputs=[*shown, chosen, cursors, next_cursor],
         api_name="gallery_search",
+    ).success(
+        rank, inputs=[chosen, order, least], outputs=[*shown, chosen, cursors, next_cursor], api_name="gallery_rank"
     )
     refresh_button.click(newest, outputs=refresh, api_name="gallery_page")
     older_button.click(
