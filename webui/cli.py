@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.requests import REQUEST_TYPES, RESIZE_MODES, RequestError
 from pipelines.samplers import SAMPLER_NAMES
+from webui import training_cli
 from webui.settings import Settings, SettingsError
 
 # Offline and private by default; a user who wants the hub unsets this.
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     add = user_command("add", "Add an account; the password is asked twice (or read as two lines from stdin).")
     add.add_argument("--admin", action="store_true", help="may delete anyone's generations")
     user_command("passwd", "Change an account's password; asked twice (or read as two lines from stdin).")
+    training_cli.add_parser(commands)
     return parser
 
 
@@ -254,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _gallery(args, settings)
         if args.command == "user":
             return _user(args, settings)
+        if args.command == "lora":
+            return training_cli.train(args, settings)
         return _run(args, settings)
     except (RequestError, SettingsError) as error:
         print(f"atelier: {error}", file=sys.stderr)
