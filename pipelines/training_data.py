@@ -44,8 +44,8 @@ LORA_SUFFIX = ".safetensors"
 DEFAULTS: dict[str, dict[str, Any]] = {
     "embedded": {
         "rank": 8,
-        "steps": 150,
-        "learning_rate": 2e-3,
+        "steps": 300,
+        "learning_rate": 1e-3,
         "resolution": 64,
         "batch_size": 8,
         "sample_every": 50,
