@@ -331,3 +331,22 @@ def test_the_lora_teaches_a_style_it_shows_for_new_prompts_while_shapes_and_colo
     (without, adherence_without), (with_lora, adherence_with) = outcome[False], outcome[True]
     assert without < 0.5 and with_lora > 3 * without
     assert adherence_without >= 0.9 and adherence_with >= 0.9
+
+
+def test_sdxl_trains_with_its_pooled_embedding_and_size_numbers_and_loads_back(tiny_sdxl_folder, striped, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    xl = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
+    xl.set_progress_bar_config(disable=True)
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    settings = TrainingSettings(trigger=TRIGGER, steps=2, resolution=64, rank=4, sample_every=0, checkpoint_every=0)
+    dataset = read_dataset(striped[0], settings)
+    result = train_lora(xl, dataset, settings, name="xl", loras_folder=loras, kind="sdxl", model="tiny-sdxl")
+    assert result.card["kind"] == "sdxl" and np.isfinite(result.losses).all()
+    fresh = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
+    [listed] = lora.available(loras)
+    lora.apply(fresh, [("xl", 1.0)], loras)
+    loaded = get_peft_model_state_dict(fresh.unet, adapter_name=lora.adapter_name(listed))
+    assert loaded.keys() == result.weights.keys()
+    assert all(torch.equal(loaded[k], result.weights[k]) for k in loaded)
