@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.requests import REQUEST_TYPES, RESIZE_MODES, RequestError
 from pipelines.samplers import SAMPLER_NAMES, SamplerNotAvailable, sampler_from
+from webui import training_cli
 from webui.settings import Settings, SettingsError
 
 # Offline and private by default; a user who wants the hub unsets this.
@@ -173,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = command("audit", "The audit log: deletes, exports, account changes, admin overrides, locks.")
     audit.add_argument("--since", help="from this date or time on (ISO 8601, UTC unless it says otherwise)")
     audit.add_argument("--json", action="store_true", help="print one JSON list")
+    training_cli.add_parser(commands)
     return parser
 
 
@@ -289,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _user(args, settings)
         if args.command == "audit":
             return _audit(args, settings)
+        if args.command == "lora":
+            return training_cli.train(args, settings)
         return _run(args, settings)
     except (RequestError, SettingsError) as error:
         print(f"atelier: {error}", file=sys.stderr)
