@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.db import Database, open_or_share
+from storage.db import DatabaseService
 from storage.errors import StorageError
 from storage.models import AuditEntry, utcnow
 from storage.validators import MAX_LIST, check_text
@@ -56,22 +55,8 @@ class AuditRecord:
         }
 
 
-class AuditLog:
+class AuditLog(DatabaseService):
     """Entries of the audit log; give it the process's `database`, or a `url` of its own."""
-
-    def __init__(self, *, url: str | None = None, database: Database | None = None) -> None:
-        self._database, self._owns_database = open_or_share("AuditLog", url=url, database=database)
-        self._engine = self._database.engine
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._owns_database:
-            self._database.close()
 
     def record(self, action: str, *, actor: str, target: str, address: str = NO_ADDRESS, detail: str = "") -> None:
         if action not in ACTIONS:

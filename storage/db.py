@@ -58,6 +58,24 @@ def open_or_share(service: str, *, url: str | None, database: Database | None) -
     raise TypeError(f"{service} takes either url or database, not both and not neither.")
 
 
+class DatabaseService:
+    """A service on the process's `database` (left open) or on one it opens at `url` (closed by `close`)."""
+
+    def __init__(self, *, url: str | None = None, database: Database | None = None) -> None:
+        self._database, self._owns_database = open_or_share(type(self).__name__, url=url, database=database)
+        self._engine = self._database.engine
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_database:
+            self._database.close()
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for any SQLAlchemy URL; SQLite connections get the pragmas below."""
     engine = create_engine(url)

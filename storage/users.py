@@ -13,7 +13,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,7 +20,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.db import Database, open_or_share
+from storage.db import Database, DatabaseService
 from storage.errors import RecordNotFound, StorageError
 from storage.models import LoginSession, User, utcnow
 from storage.validators import check_flag
@@ -41,7 +40,7 @@ class UserRecord:
     created_at: datetime
 
 
-class Users:
+class Users(DatabaseService):
     """The studio's accounts, in the gallery's database (migration 0003).
 
     With no account the studio is single-user; with one or more, every page
@@ -52,19 +51,8 @@ class Users:
     """
 
     def __init__(self, *, url: str | None = None, database: Database | None = None) -> None:
-        self._database, self._owns_database = open_or_share("Users", url=url, database=database)
-        self._engine = self._database.engine
+        super().__init__(url=url, database=database)
         self._hasher = PasswordHasher()
-
-    def __enter__(self) -> Users:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._owns_database:
-            self._database.close()
 
     def add_user(self, name: str, password: str, *, admin: bool = False) -> UserRecord:
         # 1. Check inputs, then hash, before any transaction.

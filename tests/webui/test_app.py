@@ -215,8 +215,9 @@ def test_send_an_imported_comfyui_img2img_to_its_tab(launched, tmp_path):
 
     result = client.predict(handle_file(str(png)), api_name="/send_import")
     note = result[-1]
-    # The img2img tab's fields come first among the image tabs': prompt, negative, strength, then the settings row.
-    assert list(result[1:11]) == ["a green cube", "blurry", 0.5, "Euler", 20, 6.0, 99, 1, 512, 512]
+    # The client is handed no value for the tab switch itself. The img2img tab's fields come first among the
+    # image tabs': prompt, negative, strength, then the settings row (the seed as text: 64-bit seeds).
+    assert list(result[0:10]) == ["a green cube", "blurry", 0.5, "Euler", 20, 6.0, "99", 1, 512, 512]
     assert note == "Sent to **img2img**. Give it: image (the file used `cube.png`)."
 
 

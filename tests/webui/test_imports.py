@@ -267,12 +267,14 @@ def test_comfyui_ksampler_with_linked_prompts_latent_and_checkpoint() -> None:
         ("euler_ancestral", "normal", "Euler a"),
         ("euler", "normal", "Euler"),
         ("ddim", "ddim_uniform", "DDIM"),
-        ("uni_pc", "normal", "UniPC"),
+        ("uni_pc", "normal", "UniPC BH1"),  # ComfyUI's uni_pc is the bh1 solver
         ("uni_pc_bh2", "normal", "UniPC"),
         ("lcm", "sgm_uniform", "LCM"),
-        ("euler", "karras", None),
-        ("dpmpp_2m_sde", "karras", None),
-        ("dpmpp_2m", "exponential", None),
+        ("euler", "karras", "Euler Karras"),  # diffusers' published table, every schedule
+        ("dpmpp_2m_sde", "karras", "DPM++ 2M SDE Karras"),
+        ("dpmpp_2m", "exponential", "DPM++ 2M Exponential"),
+        ("euler_ancestral", "karras", None),  # no Karras Euler a in diffusers' table
+        ("dpm_adaptive", "normal", None),  # no diffusers scheduler at all
     ],
 )
 def test_comfyui_sampler_names(sampler_name: str, scheduler: str, ours: str | None) -> None:

@@ -71,14 +71,14 @@ def read_a1111(text: str, catalog: Catalog | None = None, *, source: str = "auto
             built.list({f"<lora:{name}>": weight})
     if negative:
         built.set({"Negative prompt": negative}, negative_prompt=negative)
-    for key, name, read in (
-        ("Steps", "num_inference_steps", int_text),
-        ("CFG scale", "guidance_scale", float_text),
-        ("Seed", "seed", int_text),
-    ):
-        if key in settings:
-            raw = settings.pop(key)
-            built.set({key: raw}, **{name: read(raw)})
+    built.take(
+        settings,
+        (
+            ("Steps", "num_inference_steps", int_text),
+            ("CFG scale", "guidance_scale", float_text),
+            ("Seed", "seed", int_text),
+        ),
+    )
     if "Size" in settings:
         size = settings.pop("Size")
         match = _SIZE.fullmatch(size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,21 @@ class Builder:
                 pass
         self.list(found)
         return False
+
+    def take(
+        self, found: dict[str, Any], fields: Iterable[tuple[str, str, Callable[[Any], Any]]], *, prefix: str = ""
+    ) -> None:
+        """Each (key, field, read) whose key is in `found`: taken out, read and set (listed as `prefix + key` if unreadable)."""
+        for key, field_name, read in fields:
+            if key in found:
+                raw = found.pop(key)
+                self.set({prefix + key: raw}, **{field_name: read(raw)})
+
+    def take_size(self, found: dict[str, Any], *, prefix: str = "") -> None:
+        """`width` and `height`, taken out of `found` together, since a size is set whole or not at all."""
+        if "width" in found or "height" in found:
+            width, height = found.pop("width", None), found.pop("height", None)
+            self.set({prefix + "width": width, prefix + "height": height}, width=as_int(width), height=as_int(height))
 
     def list(self, found: Mapping[str, Any]) -> None:
         for key, value in found.items():

@@ -65,23 +65,22 @@ def _model_name(value: Any) -> tuple[Any, dict[str, Any]]:
     return rest.pop("name", None) or rest.pop("model_name", None), rest
 
 
+# InvokeAI's number fields (2.x's `image` and 3-5's flat metadata name them alike) and ours.
+_NUMBERS = (
+    ("seed", "seed", as_int),
+    ("steps", "num_inference_steps", as_int),
+    ("cfg_scale", "guidance_scale", as_float),
+)
+
+
 def read_invokeai(text: str, catalog: Catalog | None = None) -> ImportedRequest:
     meta = json_object(text, "invokeai")
     built = Builder("invokeai", meta.pop("positive_prompt", None), catalog)
     negative = meta.pop("negative_prompt", None)
     if not empty(negative):
         built.set({"negative_prompt": negative}, negative_prompt=negative)
-    for key, field_name, read in (
-        ("seed", "seed", as_int),
-        ("steps", "num_inference_steps", as_int),
-        ("cfg_scale", "guidance_scale", as_float),
-    ):
-        if key in meta:
-            raw = meta.pop(key)
-            built.set({key: raw}, **{field_name: read(raw)})
-    if "width" in meta or "height" in meta:
-        width, height = meta.pop("width", None), meta.pop("height", None)
-        built.set({"width": width, "height": height}, width=as_int(width), height=as_int(height))
+    built.take(meta, _NUMBERS)
+    built.take_size(meta)
     if "scheduler" in meta:
         scheduler = meta.pop("scheduler")
         built.set({"scheduler": scheduler}, sampler=samplers.invokeai(scheduler))
@@ -238,17 +237,8 @@ def _number(text: str) -> Any:
 
 
 def _invokeai2_settings(built: Builder, image: dict[str, Any], meta: dict[str, Any]) -> ImportedRequest:
-    for key, field_name, read in (
-        ("seed", "seed", as_int),
-        ("steps", "num_inference_steps", as_int),
-        ("cfg_scale", "guidance_scale", as_float),
-    ):
-        if key in image:
-            raw = image.pop(key)
-            built.set({f"image.{key}": raw}, **{field_name: read(raw)})
-    if "width" in image or "height" in image:
-        width, height = image.pop("width", None), image.pop("height", None)
-        built.set({"image.width": width, "image.height": height}, width=as_int(width), height=as_int(height))
+    built.take(image, _NUMBERS, prefix="image.")
+    built.take_size(image, prefix="image.")
     if "sampler" in image:
         sampler = image.pop("sampler")
         built.set({"image.sampler": sampler}, sampler=samplers.invokeai(sampler))

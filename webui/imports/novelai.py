@@ -27,17 +27,11 @@ def read_novelai(chunks: Mapping[str, str], catalog: Catalog | None = None) -> I
     negative = meta.pop("uc", None)
     if not empty(negative):
         built.set({"uc": negative}, negative_prompt=negative)
-    for key, field_name, read in (
-        ("seed", "seed", as_int),
-        ("steps", "num_inference_steps", as_int),
-        ("scale", "guidance_scale", as_float),
-    ):
-        if key in meta:
-            raw = meta.pop(key)
-            built.set({key: raw}, **{field_name: read(raw)})
-    if "width" in meta or "height" in meta:
-        width, height = meta.pop("width", None), meta.pop("height", None)
-        built.set({"width": width, "height": height}, width=as_int(width), height=as_int(height))
+    built.take(
+        meta,
+        (("seed", "seed", as_int), ("steps", "num_inference_steps", as_int), ("scale", "guidance_scale", as_float)),
+    )
+    built.take_size(meta)
     if "sampler" in meta:
         found = {"sampler": meta.pop("sampler"), "noise_schedule": meta.pop("noise_schedule", None)}
         built.set(found, sampler=samplers.novelai(found["sampler"], found["noise_schedule"]))
