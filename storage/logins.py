@@ -7,10 +7,12 @@ locks a name after `lock_after` failures in a row until an admin unlocks it,
 and only then checks the password. The counters live in the database, so
 they hold across threads, processes and restarts.
 
-Every attempt that gets through is counted as a failure *before* the
-password is checked, in one transaction that holds the rows' write lock, so
-two threads cannot both slip through one free attempt; a right password then
-takes its own count back. A name without an account is counted, slowed and
+Every attempt at a name is counted as a failure *before* the password is
+checked, in one transaction that holds the rows' write lock, so two threads
+cannot both slip through one free attempt at that name; a right password
+then clears the name's count. An address's count grows only once a password
+proves wrong: colleagues behind one address who log in at the same moment
+are not a guesser (counting them in advance refused such a burst with 429). A name without an account is counted, slowed and
 locked exactly like one with, and checked against a decoy hash, so neither
 the answers nor their timing tell which names exist.
 
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -104,16 +106,19 @@ class LoginGuard:
             return claimed
         # 2. The password, against a decoy for unknown names (Users.verify).
         if not self._users.verify(name, password):  # type: ignore[arg-type]
+            with Session(self._engine) as session, session.begin():
+                session.execute(
+                    update(LoginFailures)
+                    .where(LoginFailures.kind == "address", LoginFailures.key == address)
+                    .values(failures=LoginFailures.failures + 1, last_failure_at=self._clock())
+                )
             if name_key is not None and claimed == self.policy.lock_after:  # the failure that locked it
                 detail = f"{claimed} failed logins in a row"
                 self._audit.record("user.locked", actor=name_key, target=name_key, address=address, detail=detail)
             return WRONG
-        # 3. In: the name's count is cleared, and the address gets this attempt back.
+        # 3. In: the name's count is cleared.
         with Session(self._engine) as session, session.begin():
             session.execute(delete(LoginFailures).where(LoginFailures.kind == "user", LoginFailures.key == name_key))
-            row = session.get(LoginFailures, ("address", address))
-            if row is not None and row.failures > 0:
-                row.failures -= 1
         return self._users.get_user(name_key)  # type: ignore[arg-type]
 
     def unlock(self, name: str) -> bool:
@@ -170,10 +175,11 @@ class LoginGuard:
                 wait = max(wait, policy.delay(by_name.failures, free=policy.free_failures) - _since(by_name, now))
             if wait > 0:
                 return Refusal("wait", f"Too many failed logins; try again in {wait:.0f} s.", retry_after=wait)
-            for row in rows.values():
-                row.failures += 1
-                row.last_failure_at = now
-            return by_name.failures if by_name is not None else 0
+            if by_name is None:
+                return 0
+            by_name.failures += 1
+            by_name.last_failure_at = now
+            return by_name.failures
 
 
 def address_key(address: object) -> str:

@@ -67,6 +67,32 @@ def test_a_right_password_gets_in_and_a_wrong_one_is_one_sentence(world: World) 
         assert isinstance(guard.check(name, password, "10.0.0.1"), Refusal)
 
 
+def test_colleagues_behind_one_address_who_log_in_at_once_all_get_in(world: World) -> None:
+    """An office behind one NAT at nine o'clock: right passwords arriving together are not a guesser."""
+    policy = LoginPolicy(address_free_failures=2)
+    guard = world.guard(policy)
+    names = [f"colleague{n}" for n in range(8)]
+    for name in names:
+        world.users.add_user(name, f"{name}'s password")
+    start, outcomes = threading.Barrier(len(names)), {}
+
+    def log_in(name: str) -> None:
+        start.wait()
+        outcomes[name] = guard.check(name, f"{name}'s password", "192.0.2.7")
+
+    threads = [threading.Thread(target=log_in, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert {name: getattr(outcome, "name", outcome) for name, outcome in outcomes.items()} == {n: n for n in names}
+    # Wrong passwords from that address still count, and slow it once past its free ones.
+    for _ in range(2):
+        assert guard.check("ann", "guess", "192.0.2.7").reason == "wrong"
+    assert guard.check("root", "guess", "192.0.2.7").reason == "wait"
+
+
 def test_failures_slow_down_exponentially_then_lock_until_an_admin_unlocks(world: World) -> None:
     policy = LoginPolicy(free_failures=3, lock_after=8, base_delay=2.0, address_free_failures=100)
     guard, clock = world.guard(policy), world.clock
