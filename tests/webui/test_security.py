@@ -21,11 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client import Client
-from PIL import Image
 from sqlalchemy import create_engine, text
 
-from pipelines.requests import Text2ImgRequest
-from storage import Gallery, GenerationRecord, ImageInput, NewGeneration, Users
+from storage import GenerationRecord, Users
 from storage.audit import AuditLog
 from storage.logins import Refusal
 from webui import app as app_module
@@ -36,6 +34,7 @@ from webui.settings import Settings, SettingsError
 from webui.studio import Studio
 
 from .conftest import free_port
+from .test_accounts import generation
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = {"ann": "ann's password", "root": "root's password"}
@@ -44,19 +43,6 @@ REFUSAL = (
     "gallery: add the first admin with `atelier user add NAME --admin` (or set ATELIER_ADMIN_USER and "
     "ATELIER_ADMIN_PASSWORD_FILE), or set ATELIER_ALLOW_ANONYMOUS=1 to serve everyone without a login."
 )
-
-
-def generation(gallery: Gallery, *, user: str, prompt: str) -> GenerationRecord:
-    request = Text2ImgRequest(prompt=prompt, seed=1, width=64, height=64, sampler="Euler a")
-    started = gallery.start(
-        NewGeneration(
-            user=user, task="txt2img", model=request.model, params=request.to_dict(), prompt=prompt,
-            negative_prompt="", seed=1, sampler="Euler a", num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale, width=64, height=64, batch_size=1,
-        )
-    )  # fmt: skip
-    image = ImageInput("output", Image.new("RGB", (64, 64), (len(prompt), 9, 9)), seed=1)
-    return gallery.finish(started.id, images=[image], environment={}, timings={}, duration_ms=1)
 
 
 def login(client: httpx.Client, name: str, password: str) -> httpx.Response:
