@@ -332,14 +332,16 @@ def flux_graph() -> dict[str, Any]:
 
 
 def test_flux_sampler_custom_advanced() -> None:
-    imported = read(flux_graph(), Catalog.of(models=[("FLUX.1 dev", "black-forest-labs/FLUX.1-dev")]))
+    imported = read(flux_graph(), Catalog.of(models=[("FLUX.1 dev", "our-team/FLUX.1-dev")]))
 
     request = imported.request
     assert (request.prompt, request.negative_prompt) == ("a cute anime girl with massive fluffy fennec ears", "")
     assert request.seed == 219670278747233 % (MAX_SEED + 1)
     assert (request.num_inference_steps, request.guidance_scale, request.sampler) == (20, 3.5, "Euler")
     assert (request.width, request.height) == (1024, 1024)
-    assert request.model == "black-forest-labs/FLUX.1-dev"  # "flux1-dev" is the hub repository's own name
+    assert (
+        request.model == "our-team/FLUX.1-dev"
+    )  # a model list entry named by a hub id; matched by its repository name, "flux1-dev" as ComfyUI writes it
     assert imported.task == "txt2img"
     assert imported.unmapped == {
         "DualCLIPLoader#11.clip_name1": "t5xxl_fp16.safetensors",
